@@ -1,0 +1,274 @@
+"""Stacks: capture them cheaply from live frames, resolve them when writing.
+
+A stack key is a flat tuple ``(code0, lasti0, code1, lasti1, ...)``, leaf
+first, like pprof's ``Sample.location_id``.  Capturing it reads two
+attributes per frame and builds one tuple, so the sampler can afford it
+on every tick; turning code objects and instruction offsets into names,
+files, lines and columns (``Resolver``) happens only when a profile is
+written.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import sys
+from collections.abc import Iterator
+from types import CodeType, FrameType, ModuleType
+
+from pyproperf import _labels
+from pyproperf._builder import Frame
+
+__all__ = [
+    "MAX_DEPTH",
+    "TRUNCATED",
+    "Resolver",
+    "StackKey",
+    "capture",
+    "frames_of",
+    "is_own_code",
+    "stack_key",
+]
+
+# A stack key: (code, lasti, code, lasti, ...), innermost frame first.
+StackKey = tuple[object, ...]
+
+# Deepest stack kept; deeper stacks keep their innermost frames and gain a
+# TRUNCATED root frame, so a runaway recursion cannot eat memory unseen.
+MAX_DEPTH = 128
+
+TRUNCATED = Frame("(truncated stack)", "", 0, 0)
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def is_own_code(code: CodeType) -> bool:
+    """Whether ``code`` belongs to pyproperf itself (its frames are never sampled)."""
+    return code.co_filename.startswith(_PACKAGE_DIR)
+
+
+def stack_key(frame: FrameType | None, limit: int = MAX_DEPTH) -> StackKey:
+    """Return the stack key of ``frame`` and its callers, at most ``limit`` frames.
+
+    A stack cut at ``limit`` ends with ``None`` in place of the root code.
+    """
+    out: list[object] = []
+    append = out.append
+    depth = 0
+    while frame is not None:
+        if depth == limit:
+            append(None)
+            append(0)
+            break
+        append(frame.f_code)
+        append(frame.f_lasti)
+        frame = frame.f_back
+        depth += 1
+    return tuple(out)
+
+
+def capture(
+    frame: FrameType | None, ident: int, limit: int = MAX_DEPTH
+) -> tuple[StackKey, _labels.LabelSet | None]:
+    """Return the stack key of ``frame`` and the labels active there.
+
+    Profiler frames at the leaf are skipped.  Labels come from the innermost
+    frame registered in ``_labels.frame_labels`` on the way to the root; if
+    none is, from ``_labels.unit_labels(ident)``, the labels of whatever unit
+    (thread, greenlet) runs on thread ``ident``.
+    """
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+    registry = _labels.frame_labels
+    labels = None
+    out: list[object] = []
+    append = out.append
+    depth = 0
+    while frame is not None:
+        if depth == limit:
+            append(None)
+            append(0)
+            if registry and labels is None:
+                while frame is not None and labels is None:
+                    labels = registry.get(frame)
+                    frame = frame.f_back
+            break
+        append(frame.f_code)
+        append(frame.f_lasti)
+        if registry and labels is None:
+            labels = registry.get(frame)
+        frame = frame.f_back
+        depth += 1
+    if labels is None:
+        labels = _labels.unit_labels(ident)
+    return tuple(out), labels
+
+
+def frames_of(key: StackKey) -> Iterator[tuple[CodeType | None, int]]:
+    """Iterate (code, lasti) pairs of a stack key, leaf first."""
+    for i in range(0, len(key), 2):
+        yield key[i], key[i + 1]  # type: ignore[misc]
+
+
+class Resolver:
+    """Turns code objects and offsets into ``Frame`` tuples, with caches.
+
+    Make one per profile written: module names are read from ``sys.modules``
+    when it is created.
+    """
+
+    def __init__(self) -> None:
+        self._modules: dict[str, str] | None = None
+        self._functions: dict[CodeType, tuple[str, str, int]] = {}
+        self._lines: dict[CodeType, tuple[list[int], list[tuple[int, int]]]] = {}
+        self._frames: dict[tuple[CodeType, int], Frame] = {}
+        self._qualnames_310: dict[CodeType, str] | None = None
+
+    def stack(self, key: StackKey) -> list[Frame]:
+        """Resolve a whole stack key, leaf first."""
+        out = []
+        for i in range(0, len(key), 2):
+            code = key[i]
+            if code is None:
+                out.append(TRUNCATED)
+            else:
+                out.append(self.frame(code, key[i + 1]))  # type: ignore[arg-type]
+        return out
+
+    def frame(self, code: CodeType, lasti: int) -> Frame:
+        """Resolve one (code, lasti) pair."""
+        k = (code, lasti)
+        f = self._frames.get(k)
+        if f is None:
+            name, filename, start = self.function(code)
+            line, column = self.position(code, lasti)
+            f = self._frames[k] = Frame(name, filename, start, line, column)
+        return f
+
+    def function(self, code: CodeType) -> tuple[str, str, int]:
+        """Return (qualified name, filename, first line) of a code object."""
+        fn = self._functions.get(code)
+        if fn is None:
+            module = self.module_name(code.co_filename)
+            qual = getattr(code, "co_qualname", None) or self._qualname_310(code)
+            fn = self._functions[code] = (
+                f"{module}.{qual}",
+                code.co_filename,
+                code.co_firstlineno,
+            )
+        return fn
+
+    def position(self, code: CodeType, lasti: int) -> tuple[int, int]:
+        """Return (line, 1-based column or 0) of the instruction at byte offset ``lasti``."""
+        if lasti < 0:
+            return code.co_firstlineno, 0
+        table = self._lines.get(code)
+        if table is None:
+            table = self._lines[code] = _line_table(code)
+        starts, positions = table
+        i = bisect.bisect_right(starts, lasti) - 1
+        if i < 0:
+            return code.co_firstlineno, 0
+        return positions[i]
+
+    # -- module names -------------------------------------------------------
+
+    def module_name(self, filename: str) -> str:
+        """The module a file belongs to, from ``sys.modules``; else a name made from the path."""
+        if self._modules is None:
+            self._modules = _module_files()
+        name = self._modules.get(filename)
+        if name is None:
+            name = self._modules.get(os.path.abspath(filename)) if filename else None
+        if name is None:
+            base = os.path.basename(filename)
+            if base.startswith("<frozen ") and base.endswith(">"):
+                name = base[len("<frozen ") : -1]  # "<frozen importlib._bootstrap>"
+            elif base.startswith("<") or not base:
+                name = base or "_"  # "<string>.<module>": pprof leaves ".<" alone
+            else:
+                name = os.path.splitext(base)[0]
+            self._modules[filename] = name
+        return name
+
+    def _qualname_310(self, code: CodeType) -> str:
+        """Python 3.10 has no ``co_qualname``: find it through the module's functions."""
+        if self._qualnames_310 is None:
+            self._qualnames_310 = _collect_qualnames()
+        return self._qualnames_310.get(code, code.co_name)
+
+
+def _line_table(code: CodeType) -> tuple[list[int], list[tuple[int, int]]]:
+    """Byte offsets where positions change, and the (line, column) from each on."""
+    starts: list[int] = []
+    positions: list[tuple[int, int]] = []
+    last_line = code.co_firstlineno
+    if sys.version_info >= (3, 11):
+        prev: tuple[int, int] | None = None
+        for unit, (line, _end, col, _endcol) in enumerate(code.co_positions()):
+            if line is None:
+                line = last_line
+            last_line = line
+            pos = (line, col + 1 if col is not None else 0)
+            if pos != prev:
+                starts.append(unit * 2)
+                positions.append(pos)
+                prev = pos
+    else:
+        for start, _end, line in code.co_lines():
+            if line is None:
+                line = last_line
+            last_line = line
+            starts.append(start)
+            positions.append((line, 0))
+    return starts, positions
+
+
+def _module_files() -> dict[str, str]:
+    """Map each loaded module's source file to the module's name."""
+    out: dict[str, str] = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str):
+            continue
+        if path.endswith((".pyc", ".pyo")):
+            path = path[:-1]
+        # The first name wins over aliases; __main__ wins for the script.
+        if path not in out or name == "__main__":
+            out[path] = name
+            out.setdefault(os.path.abspath(path), name)
+    return out
+
+
+def _collect_qualnames() -> dict[CodeType, str]:
+    """Qualified names of all code reachable from loaded modules (Python 3.10 only)."""
+    out: dict[CodeType, str] = {}
+
+    def visit_code(code: CodeType, qual: str) -> None:
+        if code in out:
+            return
+        out[code] = qual
+        for const in code.co_consts:
+            if isinstance(const, CodeType):
+                visit_code(const, f"{qual}.<locals>.{const.co_name}")
+
+    def visit_namespace(ns: dict[str, object], depth: int) -> None:
+        for obj in list(ns.values()):
+            func = getattr(obj, "__func__", obj)
+            code = getattr(func, "__code__", None)
+            qual = getattr(func, "__qualname__", None)
+            if isinstance(code, CodeType) and isinstance(qual, str):
+                visit_code(code, qual)
+            elif isinstance(obj, type) and depth < 4:
+                try:
+                    visit_namespace(dict(vars(obj)), depth + 1)
+                except TypeError:
+                    pass
+
+    for module in list(sys.modules.values()):
+        if isinstance(module, ModuleType):
+            try:
+                visit_namespace(dict(vars(module)), 0)
+            except TypeError:
+                continue
+    return out
