@@ -117,7 +117,10 @@ class Resolver:
     when it is created.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, hide_own: bool = True) -> None:
+        # pyproperf's own frames (decorator wrappers, ``do``) are left out of
+        # resolved stacks, so users see their code calling their code.
+        self._hide_own = hide_own
         self._modules: dict[str, str] | None = None
         self._functions: dict[CodeType, tuple[str, str, int]] = {}
         self._lines: dict[CodeType, tuple[list[int], list[tuple[int, int]]]] = {}
@@ -127,11 +130,12 @@ class Resolver:
     def stack(self, key: StackKey) -> list[Frame]:
         """Resolve a whole stack key, leaf first."""
         out = []
+        hide = self._hide_own
         for i in range(0, len(key), 2):
             code = key[i]
             if code is None:
                 out.append(TRUNCATED)
-            else:
+            elif not (hide and is_own_code(code)):  # type: ignore[arg-type]
                 out.append(self.frame(code, key[i + 1]))  # type: ignore[arg-type]
         return out
 

@@ -1,0 +1,190 @@
+"""CPU workloads with their own ground truth, shared by the CPU tests and benchmarks.
+
+Each workload measures the truth itself (``time.thread_time()`` around
+each piece of work) and returns ``{function name: CPU seconds}``, so the
+profile can be held against what really happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import threading
+import time
+from collections.abc import Callable
+
+MODULE = __name__
+
+
+def spin(seconds: float) -> None:
+    """Burn ``seconds`` of this thread's CPU in pure Python."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def leaf_60(seconds: float) -> None:
+    spin(seconds)
+
+
+def leaf_30(seconds: float) -> None:
+    spin(seconds)
+
+
+def leaf_10(seconds: float) -> None:
+    spin(seconds)
+
+
+def three_leaves(scale: float) -> dict[str, float]:
+    """Three leaves at about 60/30/10 % in the main thread, interleaved."""
+    truth = {"leaf_60": 0.0, "leaf_30": 0.0, "leaf_10": 0.0}
+    funcs: list[tuple[str, Callable[[float], None], float]] = [
+        ("leaf_60", leaf_60, 0.06), ("leaf_30", leaf_30, 0.03), ("leaf_10", leaf_10, 0.01)
+    ]
+    rounds = max(1, int(10 * scale))
+    for _ in range(rounds):
+        for name, fn, seconds in funcs:
+            t0 = time.thread_time()
+            fn(seconds)
+            truth[name] += time.thread_time() - t0
+    return truth
+
+
+def worker_a(seconds: float) -> None:
+    spin(seconds)
+
+
+def worker_b(seconds: float) -> None:
+    spin(seconds)
+
+
+def worker_c(seconds: float) -> None:
+    spin(seconds)
+
+
+def threads_main_joins(scale: float) -> dict[str, float]:
+    """Three worker threads burn 3:2:1 while the main thread only joins."""
+    truth: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def run(name: str, fn: Callable[[float], None], seconds: float) -> None:
+        t0 = time.thread_time()
+        fn(seconds)
+        with lock:
+            truth[name] = time.thread_time() - t0
+
+    threads = [
+        threading.Thread(target=run, args=("worker_a", worker_a, 0.3 * scale), name="wa"),
+        threading.Thread(target=run, args=("worker_b", worker_b, 0.2 * scale), name="wb"),
+        threading.Thread(target=run, args=("worker_c", worker_c, 0.1 * scale), name="wc"),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return truth
+
+
+def green_a(seconds: float) -> None:
+    spin(seconds)
+
+
+def green_b(seconds: float) -> None:
+    spin(seconds)
+
+
+def greenlets(scale: float) -> dict[str, float]:
+    """Two greenlets in the main thread take turns, 2:1."""
+    import greenlet
+
+    truth = {"green_a": 0.0, "green_b": 0.0}
+    rounds = max(1, int(30 * scale))
+
+    def body(name: str, fn: Callable[[float], None], seconds: float) -> None:
+        for _ in range(rounds):
+            t0 = time.thread_time()
+            fn(seconds)
+            truth[name] += time.thread_time() - t0
+            greenlet.getcurrent().parent.switch()
+
+    ga = greenlet.greenlet(lambda: body("green_a", green_a, 0.01))
+    gb = greenlet.greenlet(lambda: body("green_b", green_b, 0.005))
+    for _ in range(rounds):
+        ga.switch()
+        gb.switch()
+    return truth
+
+
+async def task_a(seconds: float, rounds: int, truth: dict[str, float]) -> None:
+    for _ in range(rounds):
+        t0 = time.thread_time()
+        spin(seconds)
+        truth["task_a"] += time.thread_time() - t0
+        await asyncio.sleep(0)
+
+
+async def task_b(seconds: float, rounds: int, truth: dict[str, float]) -> None:
+    for _ in range(rounds):
+        t0 = time.thread_time()
+        spin(seconds)
+        truth["task_b"] += time.thread_time() - t0
+        await asyncio.sleep(0)
+
+
+def asyncio_tasks(scale: float) -> dict[str, float]:
+    """Two asyncio tasks on the main thread's loop, 2:1."""
+    truth = {"task_a": 0.0, "task_b": 0.0}
+    rounds = max(1, int(30 * scale))
+
+    async def main() -> None:
+        await asyncio.gather(task_a(0.01, rounds, truth), task_b(0.005, rounds, truth))
+
+    asyncio.run(main())
+    return truth
+
+
+DATA = b"\x5a" * (8 << 20)
+
+
+def hash_data(times: int) -> None:
+    """sha256 releases the GIL for large buffers: C work without the GIL."""
+    for _ in range(times):
+        hashlib.sha256(DATA).digest()
+
+
+def sort_data(items: list[int]) -> None:
+    """sorted() holds the GIL for the whole call: C work with the GIL."""
+    sorted(items)
+
+
+def c_calls(scale: float) -> dict[str, float]:
+    """A worker hashes (no GIL) while main sorts (GIL held) and spins."""
+    truth: dict[str, float] = {}
+    items = list(range(int(1_000_000 * scale)))
+    random.Random(1).shuffle(items)
+
+    def hasher() -> None:
+        t0 = time.thread_time()
+        hash_data(max(1, int(12 * scale)))
+        truth["hash_data"] = time.thread_time() - t0
+
+    t = threading.Thread(target=hasher, name="hasher")
+    t.start()
+    t0 = time.thread_time()
+    sort_data(items)
+    truth["sort_data"] = time.thread_time() - t0
+    t0 = time.thread_time()
+    spin(0.2 * scale)
+    truth["spin"] = time.thread_time() - t0
+    t.join()
+    return truth
+
+
+WORKLOADS: dict[str, Callable[[float], dict[str, float]]] = {
+    "three_leaves": three_leaves,
+    "threads_main_joins": threads_main_joins,
+    "greenlets": greenlets,
+    "asyncio_tasks": asyncio_tasks,
+    "c_calls": c_calls,
+}

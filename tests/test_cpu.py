@@ -1,0 +1,458 @@
+"""The CPU and wall profiles: Go's format, ground truth, and Go's API rules.
+
+Every profile is read back by the real ``go tool pprof``.  Ground-truth
+tests compare each function's CPU in the profile with what the workload
+measured itself; like Go's own tests they retry once with twice the
+duration before failing, since a 2-core CI box is noisy.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import pyproperf
+from tests import cpu_workloads as wl
+from tests.pprof_tool import check_valid, load, pprof, raw, stacks, tags, top_by_name, traces
+
+M = wl.MODULE  # "tests.cpu_workloads"
+
+
+def profile_of(
+    fn: Callable[[], object], tmp_path: Path, *, hz: int = 100, clock: str = "cpu"
+) -> tuple[Path, object]:
+    """Run ``fn`` under start/stop_cpu_profile; return the file and fn's result."""
+    path = tmp_path / f"{clock}.pb.gz"
+    with open(path, "wb") as f:
+        pyproperf.start_cpu_profile(f, hz=hz, clock=clock)
+        try:
+            result = fn()
+        finally:
+            pyproperf.stop_cpu_profile()
+    return path, result
+
+
+def check_shares(
+    name: str, tmp_path: Path, *, tolerance_pp: float = 10.0, scale: float = 1.0
+) -> None:
+    """Profile a workload and compare each function's share and the total with its truth."""
+    workload = wl.WORKLOADS[name]
+    last: AssertionError | None = None
+    for attempt in range(2):
+        path, result = profile_of(lambda: workload(scale * 2**attempt), tmp_path)
+        truth: dict[str, float] = result  # type: ignore[assignment]
+        rows = top_by_name(path)
+        try:
+            measured = {}
+            for fn in truth:
+                row = rows.get(f"{M}.{fn}")
+                assert row is not None, f"{fn} missing from the profile: {sorted(rows)}"
+                measured[fn] = row.cum
+            total_truth = sum(truth.values())
+            total_measured = sum(measured.values())
+            for fn in truth:
+                want = 100 * truth[fn] / total_truth
+                got = 100 * measured[fn] / total_measured
+                assert abs(got - want) <= tolerance_pp, (
+                    f"{name}: {fn} has {got:.1f}% of the profile, measured {want:.1f}% "
+                    f"(profile {measured}, truth {truth})"
+                )
+            assert 0.85 <= total_measured / total_truth <= 1.15, (
+                f"{name}: profile holds {total_measured:.3f}s for {total_truth:.3f}s measured"
+            )
+            return
+        except AssertionError as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
+# -- ground truth ---------------------------------------------------------------
+
+
+def test_three_leaves_60_30_10(tmp_path: Path) -> None:
+    check_shares("three_leaves", tmp_path)
+
+
+def test_three_threads_while_main_joins(tmp_path: Path) -> None:
+    check_shares("threads_main_joins", tmp_path)
+
+
+def test_greenlets(tmp_path: Path) -> None:
+    check_shares("greenlets", tmp_path)
+
+
+def test_asyncio_tasks_on_main_loop(tmp_path: Path) -> None:
+    check_shares("asyncio_tasks", tmp_path)
+
+
+def test_long_c_calls_with_and_without_gil(tmp_path: Path) -> None:
+    check_shares("c_calls", tmp_path, tolerance_pp=12.0)
+
+
+def test_asyncio_stack_shows_the_coroutine_chain(tmp_path: Path) -> None:
+    path, _ = profile_of(lambda: wl.asyncio_tasks(0.5), tmp_path)
+    p = load(path)
+    chains = [names for names, _, _ in stacks(p) if names and names[0] == f"{M}.spin"]
+    assert any(f"{M}.task_a" in names for names in chains)
+    # The task's frames sit on the event loop's, leaf first.
+    for names in chains:
+        if f"{M}.task_a" in names:
+            assert names.index(f"{M}.task_a") < names.index("asyncio.events.Handle._run")
+
+
+# -- Go's format -------------------------------------------------------------------
+
+
+def test_profile_header_matches_go(tmp_path: Path) -> None:
+    path, _ = profile_of(lambda: wl.spin(0.2), tmp_path, hz=250)
+    p = load(path)
+    check_valid(p)
+    st = p.string_table
+    assert [(st[t.type], st[t.unit]) for t in p.sample_type] == [
+        ("samples", "count"),
+        ("cpu", "nanoseconds"),
+    ]
+    assert (st[p.period_type.type], st[p.period_type.unit]) == ("cpu", "nanoseconds")
+    assert p.period == 1_000_000_000 // 250
+    assert p.time_nanos > 0 and 0.15e9 < p.duration_nanos < 5e9
+    assert p.default_sample_type == 0  # as Go: pprof shows the last type, cpu
+    assert Path(path).read_bytes()[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
+    text = raw(path)
+    assert "PeriodType: cpu nanoseconds" in text
+    assert "Period: 4000000" in text
+
+
+def test_names_files_lines_and_thread_label(tmp_path: Path) -> None:
+    path, _ = profile_of(lambda: wl.leaf_60(0.3), tmp_path)
+    out = pprof("-traces", "-lines", path)
+    spin_line = next(
+        i + 1
+        for i, line in enumerate(Path(wl.__file__).read_text().splitlines())
+        if line.strip() == "while time.thread_time() < end:"
+    )
+    assert f"{M}.spin {wl.__file__}:{spin_line}" in out or (
+        f"{M}.spin" in out and f"cpu_workloads.py:{spin_line}" in out
+    )
+    assert f"{M}.leaf_60" in out
+    assert "thread:  MainThread" in out
+    t = tags(path)
+    assert "thread: Total" in t and "MainThread" in t
+    focused = top_by_name(path, "-tagfocus=thread=MainThread")
+    assert f"{M}.spin" in focused
+
+
+def test_thread_label_selects_a_thread(tmp_path: Path) -> None:
+    path, truth = profile_of(lambda: wl.threads_main_joins(0.5), tmp_path)
+    rows = top_by_name(path, "-tagfocus=thread=^wb$")
+    assert f"{M}.worker_b" in rows
+    assert f"{M}.worker_a" not in rows and f"{M}.worker_c" not in rows
+
+
+def test_profiler_frames_never_appear(tmp_path: Path) -> None:
+    path, _ = profile_of(lambda: wl.threads_main_joins(0.3), tmp_path)
+    for names, _, _ in stacks(load(path)):
+        assert not any(n.startswith("pyproperf.") for n in names), names
+    for t in traces(path):
+        assert "pyproperf-sampler" not in str(t["labels"])
+
+
+def test_wall_clock_sees_waiting(tmp_path: Path) -> None:
+    import time
+
+    def sleeper() -> None:
+        time.sleep(0.4)
+
+    def work() -> None:
+        t = threading.Thread(target=sleeper, name="sleeper")
+        t.start()
+        wl.leaf_60(0.2)
+        t.join()
+
+    path, _ = profile_of(work, tmp_path, clock="wall")
+    p = load(path)
+    st = p.string_table
+    assert [(st[t.type], st[t.unit]) for t in p.sample_type] == [
+        ("samples", "count"),
+        ("wall", "nanoseconds"),
+    ]
+    rows = top_by_name(path)
+    sleeping = rows[f"{__name__}.test_wall_clock_sees_waiting.<locals>.sleeper"].cum
+    assert 0.3 <= sleeping <= 0.6, sleeping
+    # CPU mode does not charge the sleep.
+    path, _ = profile_of(work, tmp_path, clock="cpu")
+    rows = top_by_name(path)
+    sleeper_row = rows.get(f"{__name__}.test_wall_clock_sees_waiting.<locals>.sleeper")
+    assert sleeper_row is None or sleeper_row.cum < 0.05
+
+
+def test_empty_profile_is_valid(tmp_path: Path) -> None:
+    path, _ = profile_of(lambda: None, tmp_path)
+    p = load(path)
+    check_valid(p)
+    assert "Type: cpu" in pprof("-top", path)
+
+
+def test_deep_recursion_is_truncated_visibly(tmp_path: Path) -> None:
+    def down(n: int) -> None:
+        if n:
+            down(n - 1)
+        else:
+            wl.spin(0.2)
+
+    path, _ = profile_of(lambda: down(300), tmp_path)
+    deepest = max(len(names) for names, _, _ in stacks(load(path)))
+    assert deepest <= 130
+    assert "(truncated stack)" in pprof("-traces", path)
+
+
+# -- Go's API rules ------------------------------------------------------------------
+
+
+def test_second_start_fails_like_go() -> None:
+    pyproperf.start_cpu_profile(io.BytesIO())
+    try:
+        with pytest.raises(RuntimeError, match="^cpu profiling already in use$"):
+            pyproperf.start_cpu_profile(io.BytesIO())
+    finally:
+        pyproperf.stop_cpu_profile()
+
+
+def test_stop_without_start_does_nothing() -> None:
+    pyproperf.stop_cpu_profile()
+    pyproperf.stop_cpu_profile()
+
+
+def test_bad_writers_and_options_fail_before_starting(tmp_path: Path) -> None:
+    text = open(tmp_path / "t.txt", "w")  # noqa: SIM115
+    closed = open(tmp_path / "c.bin", "wb")  # noqa: SIM115
+    closed.close()
+    (tmp_path / "r.bin").write_bytes(b"")
+    readonly = open(tmp_path / "r.bin", "rb")  # noqa: SIM115
+    try:
+        with pytest.raises(TypeError, match="binary"):
+            pyproperf.start_cpu_profile(text)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="closed"):
+            pyproperf.start_cpu_profile(closed)
+        with pytest.raises(ValueError, match="not open for writing"):
+            pyproperf.start_cpu_profile(readonly)
+        with pytest.raises(TypeError, match="writable binary file"):
+            pyproperf.start_cpu_profile("cpu.pb.gz")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="hz must be an int"):
+            pyproperf.start_cpu_profile(io.BytesIO(), hz=99.5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="hz must be between"):
+            pyproperf.start_cpu_profile(io.BytesIO(), hz=0)
+        with pytest.raises(ValueError, match="clock must be"):
+            pyproperf.start_cpu_profile(io.BytesIO(), clock="gpu")
+    finally:
+        text.close()
+        readonly.close()
+    # Nothing started: a good start works now.
+    pyproperf.start_cpu_profile(io.BytesIO())
+    pyproperf.stop_cpu_profile()
+
+
+def test_writer_left_open_and_flushed(tmp_path: Path) -> None:
+    f = open(tmp_path / "cpu.pb.gz", "wb")  # noqa: SIM115
+    pyproperf.start_cpu_profile(f)
+    wl.spin(0.05)
+    pyproperf.stop_cpu_profile()
+    assert not f.closed
+    assert (tmp_path / "cpu.pb.gz").stat().st_size > 0  # flushed without close
+    f.close()
+    check_valid(load(tmp_path / "cpu.pb.gz"))
+
+
+def test_previous_handler_and_timer_are_restored() -> None:
+    previous = signal.signal(signal.SIGPROF, signal.SIG_IGN)
+    try:
+        pyproperf.start_cpu_profile(io.BytesIO())
+        assert signal.getsignal(signal.SIGPROF) not in (signal.SIG_IGN, signal.SIG_DFL)
+        assert signal.getitimer(signal.ITIMER_PROF)[1] > 0
+        pyproperf.stop_cpu_profile()
+        assert signal.getsignal(signal.SIGPROF) is signal.SIG_IGN
+        assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
+    finally:
+        signal.signal(signal.SIGPROF, previous)
+
+
+def test_foreign_sigprof_handler_is_left_alone(tmp_path: Path) -> None:
+    """Someone else's SIGPROF (another profiler) is never clobbered: we use the helper clock."""
+    calls = []
+
+    def theirs(signum: int, frame: object) -> None:
+        calls.append(signum)
+
+    previous = signal.signal(signal.SIGPROF, theirs)
+    try:
+        path, _ = profile_of(lambda: wl.leaf_60(0.3), tmp_path)
+        assert signal.getsignal(signal.SIGPROF) is theirs
+        assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
+        assert top_by_name(path)[f"{M}.leaf_60"].cum > 0.2
+    finally:
+        signal.signal(signal.SIGPROF, previous)
+
+
+def test_start_off_the_main_thread(tmp_path: Path) -> None:
+    """Off the main thread there are no signals: the helper clock gives the same output."""
+    buf = io.BytesIO()
+    started = threading.Event()
+    done = threading.Event()
+
+    def profiler() -> None:
+        pyproperf.start_cpu_profile(buf)
+        started.set()
+        done.wait()
+        pyproperf.stop_cpu_profile()
+
+    t = threading.Thread(target=profiler)
+    t.start()
+    started.wait()
+    assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
+    wl.leaf_60(0.3)
+    done.set()
+    t.join()
+    p = load(buf.getvalue())
+    check_valid(p)
+    cpu = sum(v[1] for names, v, _ in stacks(p) if f"{M}.leaf_60" in names)
+    assert 0.2e9 < cpu < 0.4e9
+
+
+# -- sections: context manager and decorator ---------------------------------------------
+
+
+def test_context_manager_writes_also_on_exception(tmp_path: Path) -> None:
+    path = tmp_path / "block.pb.gz"
+    with pytest.raises(ZeroDivisionError), pyproperf.cpu_profile(path):
+        wl.leaf_30(0.2)
+        1 / 0  # noqa: B018
+    assert top_by_name(path)[f"{M}.leaf_30"].cum > 0.1
+
+
+def test_context_manager_runs_beside_start_cpu_profile(tmp_path: Path) -> None:
+    outer = io.BytesIO()
+    pyproperf.start_cpu_profile(outer)
+    try:
+        with pyproperf.cpu_profile(tmp_path / "inner.pb.gz", clock="wall"):
+            wl.leaf_30(0.2)
+        wl.leaf_10(0.2)
+    finally:
+        pyproperf.stop_cpu_profile()
+    inner = top_by_name(tmp_path / "inner.pb.gz")
+    assert f"{M}.leaf_30" in inner and f"{M}.leaf_10" not in inner
+    (tmp_path / "outer.pb.gz").write_bytes(outer.getvalue())
+    whole = top_by_name(tmp_path / "outer.pb.gz")
+    assert whole[f"{M}.leaf_30"].cum > 0.1 and whole[f"{M}.leaf_10"].cum > 0.1
+
+
+def test_decorator_counts_only_the_function(tmp_path: Path) -> None:
+    path = tmp_path / "fn.pb.gz"
+    section = pyproperf.cpu_profile(path)
+
+    @section
+    def handler(seconds: float) -> None:
+        wl.leaf_60(seconds)
+
+    try:
+        handler(0.15)
+        wl.leaf_10(0.2)  # outside any call: not counted
+        t = threading.Thread(target=handler, args=(0.15,))  # concurrent call in a thread
+        t.start()
+        wl.leaf_30(0.2)  # main thread, not in the function: not counted
+        t.join()
+        section.write()
+        rows = top_by_name(path)
+        assert 0.2 <= rows[f"{M}.leaf_60"].cum <= 0.4
+        assert f"{M}.leaf_10" not in rows and f"{M}.leaf_30" not in rows
+        handler(0.1)
+        pyproperf.flush()
+        assert 0.3 <= top_by_name(path)[f"{M}.leaf_60"].cum <= 0.5
+    finally:
+        section.close()
+
+
+def test_decorator_on_async_and_generator_functions(tmp_path: Path) -> None:
+    import asyncio
+
+    section_a = pyproperf.cpu_profile(tmp_path / "a.pb.gz")
+    section_g = pyproperf.cpu_profile(tmp_path / "g.pb.gz")
+
+    @section_a
+    async def handler() -> None:
+        for _ in range(10):
+            wl.leaf_60(0.02)
+            await asyncio.sleep(0)
+
+    async def other() -> None:
+        for _ in range(10):
+            wl.leaf_10(0.02)
+            await asyncio.sleep(0)
+
+    @section_g
+    def produce() -> object:
+        for _ in range(5):
+            wl.leaf_30(0.03)
+            yield 1
+
+    async def main() -> None:
+        await asyncio.gather(handler(), other())
+
+    try:
+        asyncio.run(main())
+        assert sum(produce()) == 5  # type: ignore[call-overload]
+    finally:
+        section_a.close()
+        section_g.close()
+    rows = top_by_name(tmp_path / "a.pb.gz")
+    assert rows[f"{M}.leaf_60"].cum > 0.1 and f"{M}.leaf_10" not in rows
+    assert top_by_name(tmp_path / "g.pb.gz")[f"{M}.leaf_30"].cum > 0.08
+
+
+def test_section_target_checked_early(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        pyproperf.cpu_profile(tmp_path / "missing" / "x.pb.gz")
+    with pytest.raises(TypeError):
+        pyproperf.cpu_profile(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        pyproperf.cpu_profile(tmp_path / "x.pb.gz")(len)  # type: ignore[arg-type]
+
+
+def test_section_path_is_written_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "p.pb.gz"
+    path.write_bytes(b"old")
+    with pyproperf.cpu_profile(path):
+        wl.spin(0.05)
+    assert path.read_bytes()[:2] == b"\x1f\x8b"
+    assert [p.name for p in tmp_path.iterdir()] == ["p.pb.gz"]
+
+
+def test_fork_child_starts_clean(tmp_path: Path) -> None:
+    pyproperf.start_cpu_profile(io.BytesIO())
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            ok = (
+                signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
+                and signal.getsignal(signal.SIGPROF) in (signal.SIG_DFL, None)
+            )
+            try:
+                pyproperf.start_cpu_profile(io.BytesIO())  # the child can profile itself
+                pyproperf.stop_cpu_profile()
+            except Exception:
+                ok = False
+            os.write(w, b"ok" if ok else b"no")
+            os._exit(0)
+        os.close(w)
+        answer = os.read(r, 2)
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        pyproperf.stop_cpu_profile()
+    assert answer == b"ok" and os.waitstatus_to_exitcode(status) == 0

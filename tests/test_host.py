@@ -1,0 +1,158 @@
+"""Profiling never changes the behaviour of the program it observes.
+
+While a worker burns CPU (so SIGPROF fires often) the main thread makes
+blocking calls; each must behave exactly as without profiling: no
+``InterruptedError``, no short reads, the full sleep.  Ctrl-C still
+interrupts, and the profile still lands.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pyproperf
+from tests.cpu_workloads import spin
+from tests.pprof_tool import top_by_name
+
+
+@pytest.fixture
+def busy_profile() -> Iterator[None]:
+    """A running CPU profile at 1000 Hz with a worker burning CPU the whole time."""
+    stop = threading.Event()
+
+    def burn() -> None:
+        while not stop.is_set():
+            spin(0.01)
+
+    pyproperf.start_cpu_profile(io.BytesIO(), hz=1000)
+    worker = threading.Thread(target=burn)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join()
+        pyproperf.stop_cpu_profile()
+
+
+def test_sleep_lasts_as_long(busy_profile: None) -> None:
+    t0 = time.monotonic()
+    time.sleep(0.3)
+    assert 0.3 <= time.monotonic() - t0 < 0.6
+
+
+def test_socket_recv_is_whole(busy_profile: None) -> None:
+    a, b = socket.socketpair()
+    payload = os.urandom(1 << 20)
+
+    def send() -> None:
+        time.sleep(0.2)  # main blocks in recv meanwhile
+        for i in range(0, len(payload), 4096):
+            b.sendall(payload[i : i + 4096])
+            time.sleep(0.0005)
+        b.close()
+
+    t = threading.Thread(target=send)
+    t.start()
+    got = bytearray()
+    with a:
+        while True:
+            chunk = a.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    t.join()
+    assert bytes(got) == payload
+
+
+def test_pipe_read_and_select(busy_profile: None) -> None:
+    r, w = os.pipe()
+
+    def write_later() -> None:
+        time.sleep(0.2)
+        os.write(w, b"x" * 100)
+        os.close(w)
+
+    t = threading.Thread(target=write_later)
+    t.start()
+    ready, _, _ = select.select([r], [], [], 5)
+    assert ready == [r]
+    data = b""
+    while len(data) < 100:
+        data += os.read(r, 100 - len(data))
+    os.close(r)
+    t.join()
+    assert data == b"x" * 100
+
+
+def test_subprocess_runs_normally(busy_profile: None) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "import time; time.sleep(0.2); print('done')"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout == "done\n"
+
+
+def test_blocking_wait_on_locks_and_queues(busy_profile: None) -> None:
+    import queue
+
+    q: queue.Queue[int] = queue.Queue()
+    threading.Timer(0.2, q.put, args=(7,)).start()
+    assert q.get(timeout=5) == 7
+    ev = threading.Event()
+    threading.Timer(0.1, ev.set).start()
+    assert ev.wait(5)
+    time.sleep(0.05)  # let the timers' threads finish
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time, pyproperf, signal
+    def hot():
+        end = time.thread_time() + 60
+        while time.thread_time() < end:
+            pass
+    f = open(sys.argv[1], "wb")
+    pyproperf.start_cpu_profile(f)
+    try:
+        print("ready", flush=True)
+        hot()
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    finally:
+        pyproperf.stop_cpu_profile()
+        f.close()
+    """
+)
+
+
+def test_ctrl_c_still_interrupts_and_profile_lands(tmp_path: Path) -> None:
+    script = tmp_path / "hog.py"
+    script.write_text(SCRIPT)
+    out_path = tmp_path / "hog.pb.gz"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=20)
+    assert "interrupted" in stdout
+    assert proc.returncode == 0
+    assert top_by_name(out_path)["__main__.hot"].cum > 0.2
