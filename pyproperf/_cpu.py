@@ -35,8 +35,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from types import ModuleType
-from types import CodeType, FrameType, TracebackType
+from types import CodeType, FrameType, ModuleType, TracebackType
 from typing import IO, Any, TypeVar, cast
 
 from pyproperf import _io, _stacks
@@ -504,10 +503,12 @@ def _check_options(hz: object, clock: object) -> tuple[int, str]:
         raise ValueError(f"hz must be between 1 and {MAX_HZ}, not {hz}")
     if clock not in CLOCKS:
         raise ValueError(f"clock must be 'cpu' or 'wall', not {clock!r}")
-    return hz, cast(str, clock)
+    return hz, str(clock)
 
 
-def start_cpu_profile(w: IO[bytes] | _io.BinaryWriter, *, hz: int = 100, clock: str = "cpu") -> None:
+def start_cpu_profile(
+    w: IO[bytes] | _io.BinaryWriter, *, hz: int = 100, clock: str = "cpu"
+) -> None:
     """Start a CPU profile of the whole process, written to ``w`` by ``stop_cpu_profile``.
 
     Port of Go's ``pprof.StartCPUProfile``.  ``w`` is a writable binary
@@ -640,7 +641,7 @@ class CPUProfile:
 
             wrapper = sync_wrapper
         functools.update_wrapper(wrapper, func)
-        wrapper.cpu_profile = self  # type: ignore[attr-defined]
+        setattr(wrapper, "cpu_profile", self)  # noqa: B010 - for wrapper.cpu_profile.write()
         return cast(_F, wrapper)
 
     def write(self) -> None:

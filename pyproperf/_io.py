@@ -25,7 +25,7 @@ __all__ = [
 class BinaryWriter(Protocol):
     """What Go calls an io.Writer: anything with ``write(bytes)``."""
 
-    def write(self, data: bytes, /) -> Any: ...
+    def write(self, data: bytes | memoryview, /) -> Any: ...
 
 
 def check_writer(w: object, what: str = "w") -> BinaryWriter:

@@ -25,7 +25,7 @@ def _go_pprof_available() -> None:
 
 @pytest.fixture(autouse=True)
 def _process_left_clean() -> Iterator[None]:
-    """No armed timer, no foreign SIGPROF handler, no leaked thread, tracemalloc and labels as found."""
+    """No armed timer or foreign SIGPROF handler, no leaked thread; tracemalloc, labels as found."""
     handler = signal.getsignal(signal.SIGPROF)
     timer = signal.getitimer(signal.ITIMER_PROF)
     threads = set(threading.enumerate())

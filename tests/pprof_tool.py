@@ -105,14 +105,15 @@ def traces(path: str | os.PathLike[str], *extra: str) -> list[dict[str, object]]
     """Parse ``go tool pprof -traces``: each sample's labels, value text and stack (leaf first)."""
     text = pprof("-traces", *extra, path)
     out: list[dict[str, object]] = []
-    for block in text.split("-----------+-------------------------------------------------------")[1:]:
+    separator = "-----------+-------------------------------------------------------"
+    for block in text.split(separator)[1:]:
         labels: dict[str, str] = {}
         stack: list[str] = []
         value = ""
         for line in block.strip("\n").splitlines():
             if not line.strip():
                 continue
-            m = re.match(r"\s*(\S+):\s+\[(.*)\]$", line)
+            m = re.match(r"\s*([^\s:]+):  (.*)$", line)
             if m and not stack and not value:
                 labels[m.group(1)] = m.group(2)
                 continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import platform
 import sys
@@ -17,11 +18,15 @@ from pathlib import Path
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks")
-    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all), e.g. cpu labels")
+    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all), e.g. cpu")
     parser.add_argument("--quick", action="store_true", help="few rounds: a smoke run")
     args = parser.parse_args()
     here = Path(__file__).parent
-    found = sorted(m.name[len("bench_") :] for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
+    found = sorted(
+        m.name[len("bench_") :]
+        for m in pkgutil.iter_modules([str(here)])
+        if m.name.startswith("bench_")
+    )
     names = args.names or found
     cpu = platform.processor() or platform.machine()
     try:
@@ -32,7 +37,8 @@ def main() -> int:
         )
     except (OSError, StopIteration):
         model = cpu
-    print(f"# pyproperf benchmarks — Python {platform.python_version()}, {model}, {platform.system()}")
+    version = platform.python_version()
+    print(f"# pyproperf benchmarks: Python {version}, {model}, {os.cpu_count()} CPUs")
     for name in names:
         if name not in found:
             print(f"unknown benchmark {name!r}; have: {', '.join(found)}", file=sys.stderr)

@@ -1,0 +1,107 @@
+"""Package shape: one-way imports, a light ``import pyproperf``, the public surface."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pyproperf
+
+PACKAGE = Path(pyproperf.__file__).parent
+
+# design.md's flow, as layers: a module may import only from its own layer or
+# lower ones.  A new module must be placed here, which is the point.
+LAYERS: dict[int, set[str]] = {
+    0: {"_pb", "_pb.profile_pb2"},  # generated schema code
+    1: {"_builder", "_io", "_text"},  # model and encoding, knows no source
+    2: {"_labels"},  # what is active where
+    3: {"_stacks"},  # frames -> stack keys
+    4: {"_cpu", "_goroutine", "_heap", "_contention", "_contention_hooks"},  # sources
+    5: {"_registry", "_top"},  # profiles as objects, reports
+    6: {"http", "__main__", "__init__", "_cli_run"},  # outputs and the public API
+}
+
+
+def layer_of(module: str) -> int:
+    for layer, names in LAYERS.items():
+        if module in names:
+            return layer
+    if module.startswith("_http"):
+        return 6
+    if module.startswith(("_contention", "_heap", "_goroutine")):
+        return 4
+    raise AssertionError(f"pyproperf.{module} is in no layer of tests/test_package.py")
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.level:
+                out.add("pyproperf." + node.module)
+            else:
+                out.add(node.module)
+                out.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return out
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).with_suffix("")
+        name = ".".join(rel.parts)
+        out[name.removesuffix(".__init__") if name != "__init__" else name] = path
+    return out
+
+
+def test_imports_point_one_way() -> None:
+    mods = modules()
+    for name, path in mods.items():
+        mine = layer_of(name)
+        for imported in imports_of(path):
+            if not imported.startswith("pyproperf."):
+                continue
+            target = imported.removeprefix("pyproperf.")
+            if target not in mods:
+                continue  # "from pyproperf import _x" names a module, checked via ImportFrom
+            assert layer_of(target) <= mine, (
+                f"pyproperf.{name} (layer {mine}) imports pyproperf.{target} "
+                f"(layer {layer_of(target)}): the arrow points backwards"
+            )
+
+
+def test_protobuf_only_in_the_builder() -> None:
+    for name, path in modules().items():
+        if name in ("_builder", "_pb", "_pb.profile_pb2"):
+            continue
+        assert not any(i.startswith("google.protobuf") for i in imports_of(path)), name
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, pyproperf; "
+        "heavy = [m for m in ('asyncio', 'greenlet', 'gevent', 'http.server', "
+        "'google.protobuf', 'tracemalloc_extras') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    heavy = eval(out.stdout)
+    assert "asyncio" not in heavy and "greenlet" not in heavy and "http.server" not in heavy
+    assert "gevent" not in heavy
+
+
+def test_public_api_matches_go() -> None:
+    go_api = {
+        "start_cpu_profile", "stop_cpu_profile", "write_heap_profile", "lookup", "new_profile",
+        "profiles", "Profile", "labels", "label", "with_labels", "do", "for_labels",
+        "set_goroutine_labels", "LabelSet",
+    }
+    assert go_api <= set(pyproperf.__all__), go_api - set(pyproperf.__all__)
+    for name in pyproperf.__all__:
+        obj = getattr(pyproperf, name)
+        assert obj.__doc__, f"pyproperf.{name} has no docstring"
+    assert (PACKAGE / "py.typed").exists()
