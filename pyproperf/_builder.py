@@ -13,12 +13,15 @@ from __future__ import annotations
 import gzip
 import io
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from google.protobuf.message import DecodeError
+
 from pyproperf._pb import profile_pb2 as pb
 
-__all__ = ["Frame", "ProfileBuilder", "gzip_bytes"]
+__all__ = ["Frame", "ProfileBuilder", "decode", "gzip_bytes", "merge_profiles"]
 
 
 class Frame(NamedTuple):
@@ -135,11 +138,19 @@ class ProfileBuilder:
         Empty string values and unit-less zero numbers are dropped, as pprof
         would drop them on reading.
         """
+        self.add_ids([self.location_id(f) for f in stack], values, labels, num_labels)
+
+    def add_ids(
+        self,
+        location_ids: Sequence[int],
+        values: Sequence[int],
+        labels: StrLabels = (),
+        num_labels: NumLabels = (),
+    ) -> None:
+        """``add`` with a stack given as ids from ``location_id`` (for callers that cache them)."""
         if len(values) != self._nvalues:
             raise ValueError(f"sample has {len(values)} values for {self._nvalues} sample types")
-        sample = self._profile.sample.add(
-            location_id=[self.location_id(f) for f in stack], value=values
-        )
+        sample = self._profile.sample.add(location_id=location_ids, value=values)
         for key, value in labels:
             if value:
                 sample.label.add(key=self.string(key), str=self.string(value))
@@ -154,8 +165,282 @@ class ProfileBuilder:
         p = self._profile
         del p.string_table[:]
         p.string_table.extend(self._strings)
-        return p.SerializeToString()
+        data: bytes = p.SerializeToString()
+        return data
 
     def to_gzip(self) -> bytes:
         """Return the gzipped profile, as written to files and HTTP responses."""
         return gzip_bytes(self.to_bytes())
+
+
+def merge_profiles(
+    sources: Sequence[bytes],
+    scales: Sequence[int] | None = None,
+    *,
+    time_nanos: int | None = None,
+    duration_nanos: int | None = None,
+) -> bytes:
+    """Merge encoded profiles (gzipped or raw) as google/pprof's ``profile.Merge``; gzip it.
+
+    Each source's values are first multiplied by its scale (net/http/pprof's
+    delta profiles merge the first snapshot scaled by -1).  Functions match
+    by (name, system name, file, start line), locations by (mapping,
+    address, is_folded, lines), samples by (locations, labels); matching
+    samples add up and all-zero samples are dropped.  Headers as Go's
+    combineHeaders: equal period and sample types (else ValueError
+    ``incompatible ...``), largest period, earliest non-zero time, summed
+    durations, de-duplicated comments, first non-empty default sample type;
+    ``time_nanos`` / ``duration_nanos`` override the last two.
+    (Used by pyproperf.http; lives here because only this module imports protobuf.)
+    """
+    if not sources:
+        raise ValueError("no profiles to merge")
+    factors = list(scales) if scales is not None else [1] * len(sources)
+    if len(factors) != len(sources):
+        raise ValueError("one scale per profile")
+    profs = [
+        pb.Profile.FromString(gzip.decompress(d) if d[:2] == b"\x1f\x8b" else d) for d in sources
+    ]
+
+    def vtype(p: pb.Profile, v: pb.ValueType) -> tuple[str, str]:
+        return p.string_table[v.type], p.string_table[v.unit]
+
+    first = profs[0]
+    types = [vtype(first, t) for t in first.sample_type]
+    for p in profs[1:]:
+        if vtype(p, p.period_type) != vtype(first, first.period_type):
+            raise ValueError("incompatible period types")
+        if [vtype(p, t) for t in p.sample_type] != types:
+            raise ValueError("incompatible sample types")
+    out = pb.Profile()
+    strings: dict[str, int] = {"": 0}
+
+    def s(text: str) -> int:
+        return strings.setdefault(text, len(strings))
+
+    for typ, unit in types:
+        out.sample_type.add(type=s(typ), unit=s(unit))
+    ptype = vtype(first, first.period_type)
+    out.period_type.type, out.period_type.unit = s(ptype[0]), s(ptype[1])
+    out.period = max(p.period for p in profs)
+    out.time_nanos = min((p.time_nanos for p in profs if p.time_nanos), default=0)
+    out.duration_nanos = sum(p.duration_nanos for p in profs)
+    seen_comments: set[str] = set()
+    for p in profs:
+        for c in p.comment:
+            if p.string_table[c] not in seen_comments:
+                seen_comments.add(p.string_table[c])
+                out.comment.append(s(p.string_table[c]))
+        if not out.default_sample_type and p.default_sample_type:
+            out.default_sample_type = s(p.string_table[p.default_sample_type])
+    out.drop_frames = s(first.string_table[first.drop_frames])
+    out.keep_frames = s(first.string_table[first.keep_frames])
+    if time_nanos is not None:
+        out.time_nanos = time_nanos
+    if duration_nanos is not None:
+        out.duration_nanos = duration_nanos
+
+    # Pass 1: key everything by content; pass 2 writes only what kept samples use.
+    mappings: dict[tuple[int, int, str], tuple[int, int]] = {}  # key -> (id, start)
+    samples: dict[tuple[object, ...], list[int]] = {}
+    sample_labels: dict[tuple[object, ...], list[tuple[str, str, int, str]]] = {}
+    for p, factor in zip(profs, factors, strict=True):
+        st = p.string_table
+        mapped: dict[int, tuple[int, int]] = {}  # source mapping id -> (id, address shift)
+        for m in p.mapping:
+            size = -(-(m.memory_limit - m.memory_start) // 0x1000) * 0x1000
+            mkey = (size, m.file_offset, st[m.build_id] or st[m.filename])
+            if mkey not in mappings:
+                new = out.mapping.add()
+                new.CopyFrom(m)
+                new.id = len(out.mapping)
+                new.filename, new.build_id = s(st[m.filename]), s(st[m.build_id])
+                mappings[mkey] = (new.id, m.memory_start)
+            mid, start = mappings[mkey]
+            mapped[m.id] = (mid, start - m.memory_start)
+        funcs = {f.id: (st[f.name], st[f.system_name], st[f.filename], f.start_line)
+                 for f in p.function}
+        locs: dict[int, tuple[object, ...]] = {}
+        for loc in p.location:
+            mid, shift = mapped.get(loc.mapping_id, (0, 0))
+            lines = tuple((funcs.get(ln.function_id), ln.line, ln.column) for ln in loc.line)
+            locs[loc.id] = (mid, loc.address + shift, loc.is_folded, lines)
+        for smp in p.sample:
+            if not any(smp.value):
+                continue
+            labels = [(st[lb.key], st[lb.str], lb.num, st[lb.num_unit]) for lb in smp.label]
+            skey = (tuple(locs[i] for i in smp.location_id), tuple(sorted(labels)))
+            values = samples.setdefault(skey, [0] * len(types))
+            sample_labels.setdefault(skey, labels)
+            for i, v in enumerate(smp.value):
+                values[i] += v * factor
+    functions: dict[object, int] = {}
+    locations: dict[object, int] = {}
+    for skey, values in samples.items():
+        if not any(values):
+            continue
+        ids = []
+        for lkey in skey[0]:
+            assert isinstance(lkey, tuple)
+            if lkey not in locations:
+                mid, address, folded, lines = lkey
+                locations[lkey] = len(locations) + 1
+                new_loc = out.location.add(
+                    id=len(locations), mapping_id=mid, address=address, is_folded=folded
+                )
+                for fkey, line, column in lines:
+                    if fkey is not None and fkey not in functions:
+                        functions[fkey] = len(functions) + 1
+                        name, system_name, filename, start_line = fkey
+                        out.function.add(
+                            id=len(functions), name=s(name), system_name=s(system_name),
+                            filename=s(filename), start_line=start_line,
+                        )
+                    new_loc.line.add(function_id=functions.get(fkey, 0), line=line, column=column)
+            ids.append(locations[lkey])
+        new_smp = out.sample.add(location_id=ids, value=values)
+        for key, text, num, unit in sample_labels[skey]:
+            lab = new_smp.label.add(key=s(key))
+            if text:
+                lab.str = s(text)
+            else:
+                lab.num, lab.num_unit = num, s(unit) if unit else 0
+    out.string_table.extend(strings)
+    return gzip_bytes(out.SerializeToString())
+
+
+# --- Reading (used by ``python -m pyproperf top``) ---------------------------
+
+# Top-level Profile fields by wire type: pprof rejects a known field sent
+# with another wire type, where Python's protobuf would skip it silently.
+_VARINT_FIELDS = frozenset({7, 8, 9, 10, 12, 14, 15})
+_BYTES_FIELDS = frozenset({1, 2, 3, 4, 5, 6, 11})
+_COMMENT_FIELD = 13  # repeated int64: packed (2) or not (0)
+
+
+def decode(data: bytes) -> pb.Profile:
+    """Read a profile file, gzipped or not, as ``go tool pprof`` does; else ValueError.
+
+    Checks what google/pprof's ``profile.Parse`` checks (pprof-reference §2)
+    and raises ``ValueError`` with a one-line message worded like pprof's:
+    ``decompressing profile: …``, ``parsing profile: …`` or
+    ``malformed profile: …``.  Legacy text profiles are not read.
+    """
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ValueError(f"decompressing profile: {exc}") from None
+    if not data:
+        raise ValueError("parsing profile: empty input file")
+    _check_wire(data)
+    try:
+        p = pb.Profile.FromString(data)
+    except DecodeError:
+        raise _unrecognized("corrupt protobuf data") from None
+    _check_strings(p)
+    problem = _check_valid(p)
+    if problem:
+        raise ValueError(f"malformed profile: {problem}")
+    return p
+
+
+def _unrecognized(why: str) -> ValueError:
+    return ValueError(f"parsing profile: unrecognized profile format ({why})")
+
+
+def _check_wire(data: bytes) -> None:
+    """Walk the top-level fields: well-formed, known wire types, one time_nanos."""
+    pos, end, time_set = 0, len(data), False
+    while pos < end:
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        value = 0
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            pos += length
+        elif wire == 5:
+            pos += 4
+        else:
+            raise _unrecognized(f"unknown wire type {wire}")
+        if pos > end:
+            raise _unrecognized("truncated data")
+        if (
+            (field in _VARINT_FIELDS and wire != 0)
+            or (field in _BYTES_FIELDS and wire != 2)
+            or (field == _COMMENT_FIELD and wire not in (0, 2))
+        ):
+            raise _unrecognized(f"type mismatch in field {field}")
+        if field == 9:
+            if time_set:
+                raise ValueError("parsing profile: concatenated profiles detected")
+            time_set = value != 0
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift >= 70:
+            raise _unrecognized("bad varint")
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result & 0xFFFFFFFFFFFFFFFF, pos
+        shift += 7
+
+
+def _check_strings(p: pb.Profile) -> None:
+    """Every string index must point into the table, whose entry 0 is ""."""
+    st = p.string_table
+    if not st or st[0] != "":
+        raise _unrecognized("string_table[0] must be ''")
+    n = len(st)
+    indexes = [p.drop_frames, p.keep_frames, p.default_sample_type, p.doc_url, *p.comment]
+    for vt in [*p.sample_type, p.period_type]:
+        indexes += (vt.type, vt.unit)
+    for m in p.mapping:
+        indexes += (m.filename, m.build_id)
+    for f in p.function:
+        indexes += (f.name, f.system_name, f.filename)
+    for s in p.sample:
+        for lab in s.label:
+            indexes += (lab.key, lab.str, lab.num_unit)
+    if any(not 0 <= i < n for i in indexes):
+        raise _unrecognized("string index out of range")
+
+
+def _check_valid(p: pb.Profile) -> str:
+    """google/pprof's CheckValid, in its order: the problem, or "" when valid."""
+    ntypes = len(p.sample_type)
+    if not ntypes and p.sample:
+        return "missing sample type information"
+    locations = {loc.id for loc in p.location}
+    for s in p.sample:
+        if len(s.value) != ntypes:
+            return f"mismatch: sample has {len(s.value)} values vs. {ntypes} types"
+        if any(i not in locations for i in s.location_id):
+            return "sample has nil location"
+    for what, items in (("mapping", p.mapping), ("function", p.function)):
+        ids: set[int] = set()
+        for item in items:
+            if item.id == 0:
+                return f"found {what} with reserved ID=0"
+            if item.id in ids:
+                return f"multiple {what}s with same id: {item.id}"
+            ids.add(item.id)
+    functions = {f.id for f in p.function}
+    ids = set()
+    for loc in p.location:
+        if loc.id == 0:
+            return "found location with reserved id=0"
+        if loc.id in ids:
+            return f"multiple locations with same id: {loc.id}"
+        ids.add(loc.id)
+        if any(line.function_id not in functions for line in loc.line):
+            return f"location id: {loc.id} has a line with nil function"
+    return ""

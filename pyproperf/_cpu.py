@@ -84,13 +84,16 @@ def _real_thread_module() -> ModuleType:
 class _ThreadClock:
     """Per-thread clock state kept between ticks."""
 
-    __slots__ = ("clock", "cpu", "thread", "wall")
+    __slots__ = ("clock", "cpu", "last", "thread", "wall")
 
     def __init__(self, clock: int | None, cpu: int, wall: int, thread: threading.Thread | None):
         self.clock = clock
         self.cpu = cpu
         self.wall = wall
         self.thread = thread
+        # The stack and labels seen at the last tick: where CPU used after it
+        # is charged if the thread exits before the next tick.
+        self.last: tuple[_stacks.StackKey, LabelSet | None] | None = None
 
 
 class _Collector:
@@ -131,7 +134,7 @@ class _Collector:
             pairs: list[tuple[str, str]] = list(labels.pairs) if labels else []
             if thread_name and not any(k == "thread" for k, _ in pairs):
                 pairs.append(("thread", thread_name))
-            builder.add(resolver.stack(key), [count, nanos], pairs)
+            builder.add_ids(resolver.location_ids(key, builder), [count, nanos], pairs)
         return builder.to_gzip()
 
 
@@ -204,6 +207,7 @@ class _Engine:
     def _start(self, hz: int) -> None:
         self._period_ns = 1_000_000_000 // hz
         self._baseline()
+        self._hook_thread_exit(True)
         real = self._real = _real_thread_module()
         self._stop = real.allocate_lock()
         self._stop.acquire()
@@ -239,6 +243,7 @@ class _Engine:
         self._signals = True
 
     def _shutdown(self) -> None:
+        self._hook_thread_exit(False)
         self._collectors = ()
         self._want_cpu = self._want_wall = False
         if self._signals:
@@ -378,6 +383,64 @@ class _Engine:
 
     # -- ticks ---------------------------------------------------------------------
 
+    def thread_exiting(self, thread: threading.Thread) -> None:
+        """Charge what a finishing thread used since the last tick (else it would be lost).
+
+        Runs in the exiting thread, from the ``Thread._bootstrap_inner`` hook,
+        while its CPU clock can still be read.  The time goes to the stack
+        the last tick saw; a thread that lived between two ticks is charged
+        to its ``run``/target function.
+        """
+        ident = thread.ident
+        if not self._collectors or ident is None:
+            return
+        with self._tick_lock:
+            collectors = self._collectors
+            st = self._states.get(ident)
+            if st is None:
+                st = self._new_state(thread, self._last_tick)
+            if st.clock is None:
+                return
+            try:
+                cpu = time.clock_gettime_ns(st.clock)
+            except OSError:
+                return
+            now = time.monotonic_ns()
+            cpu_delta, wall_delta = cpu - st.cpu, now - st.wall
+            st.cpu, st.wall = cpu, now
+            if st.last is not None:
+                key, labels = st.last
+            else:
+                target = getattr(thread, "_target", None) or type(thread).run
+                code = getattr(target, "__code__", None)
+                key, labels = _stacks.capture(sys._getframe(), ident)
+                if isinstance(code, CodeType):
+                    key = (code, -1, *key)
+            _credit(collectors, key, labels, thread.name, cpu_delta, wall_delta)
+
+    def _hook_thread_exit(self, install: bool) -> None:
+        """Wrap ``threading.Thread._bootstrap_inner`` while sampling, and unwrap after."""
+        cls = threading.Thread
+        current = cls.__dict__.get("_bootstrap_inner")
+        if install:
+            if current is None or getattr(current, "__pyproperf__", False):
+                return
+            original = current
+
+            def _bootstrap_inner(thread: threading.Thread) -> None:
+                try:
+                    original(thread)
+                finally:
+                    try:
+                        _engine.thread_exiting(thread)
+                    except Exception:
+                        _engine.errors += 1
+
+            _bootstrap_inner.__pyproperf__ = original  # type: ignore[attr-defined]
+            cls._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
+        elif current is not None and getattr(current, "__pyproperf__", None) is not None:
+            cls._bootstrap_inner = current.__pyproperf__  # type: ignore[attr-defined]
+
     def _baseline(self) -> None:
         """Read every known thread's clocks, so only CPU used from now on counts."""
         now = time.monotonic_ns()
@@ -443,26 +506,9 @@ class _Engine:
             st.wall = now
             if cpu_delta <= 0 and not want_wall:
                 continue
-            key = None
-            labels: LabelSet | None = None
-            thread_name = ""
-            for c in collectors:
-                weight = cpu_delta if c.clock == "cpu" else wall_delta
-                if weight <= 0:
-                    continue
-                if key is None:
-                    key, labels = capture(frame, ident)
-                    t = st.thread
-                    thread_name = t.name if t is not None else ""
-                if c.code is not None and (not c.active or c.code not in key):
-                    continue
-                k = (key, labels, thread_name)
-                slot = c.agg.get(k)
-                if slot is None:
-                    c.agg[k] = [1, weight]
-                else:
-                    slot[0] += 1
-                    slot[1] += weight
+            key, labels = st.last = capture(frame, ident)
+            t = st.thread
+            _credit(collectors, key, labels, t.name if t is not None else "", cpu_delta, wall_delta)
         # The tick's own CPU is not the host program's: restart this thread's clock.
         st = states.get(me)
         if st is not None and st.clock is not None and want_cpu:
@@ -474,6 +520,28 @@ class _Engine:
             alive = active if active is not None else {}
             for ident in [i for i in states if i not in frames and i not in alive]:
                 del states[ident]
+
+
+def _credit(
+    collectors: tuple[_Collector, ...],
+    key: _stacks.StackKey,
+    labels: LabelSet | None,
+    thread_name: str,
+    cpu_delta: int,
+    wall_delta: int,
+) -> None:
+    """Add one observation of a thread to every collector that wants it."""
+    k = (key, labels, thread_name)
+    for c in collectors:
+        weight = cpu_delta if c.clock == "cpu" else wall_delta
+        if weight <= 0 or (c.code is not None and (not c.active or c.code not in key)):
+            continue
+        slot = c.agg.get(k)
+        if slot is None:
+            c.agg[k] = [1, weight]
+        else:
+            slot[0] += 1
+            slot[1] += weight
 
 
 _engine = _Engine()

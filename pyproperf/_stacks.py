@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from types import CodeType, FrameType, ModuleType
 
 from pyproperf import _labels
-from pyproperf._builder import Frame
+from pyproperf._builder import Frame, ProfileBuilder
 
 __all__ = [
     "MAX_DEPTH",
@@ -126,6 +126,8 @@ class Resolver:
         self._lines: dict[CodeType, tuple[list[int], list[tuple[int, int]]]] = {}
         self._frames: dict[tuple[CodeType, int], Frame] = {}
         self._qualnames_310: dict[CodeType, str] | None = None
+        self._ids: dict[int, int] = {}
+        self._ids_builder: ProfileBuilder | None = None
 
     def stack(self, key: StackKey) -> list[Frame]:
         """Resolve a whole stack key, leaf first."""
@@ -138,6 +140,35 @@ class Resolver:
             elif not (hide and is_own_code(code)):  # type: ignore[arg-type]
                 out.append(self.frame(code, key[i + 1]))  # type: ignore[arg-type]
         return out
+
+    def location_ids(self, key: StackKey, builder: ProfileBuilder) -> list[int]:
+        """The builder's location ids for a stack key, leaf first (cached per code and offset).
+
+        The fast path for writing large profiles: one int-keyed dict lookup
+        per frame instead of resolving and hashing a ``Frame``.
+        """
+        cache = self._ids
+        if self._ids_builder is not builder:
+            cache.clear()
+            self._ids_builder = builder
+        out = []
+        get = cache.get
+        # Codes stay alive while their keys exist, so id() is unique here.
+        for code, lasti in zip(key[::2], key[1::2]):
+            k = (id(code) << 24) + lasti  # type: ignore[operator]
+            lid = get(k)
+            if lid is None:
+                lid = cache[k] = self._location_id(code, lasti, builder)  # type: ignore[arg-type]
+            if lid:
+                out.append(lid)
+        return out
+
+    def _location_id(self, code: CodeType | None, lasti: int, builder: ProfileBuilder) -> int:
+        if code is None:
+            return builder.location_id(TRUNCATED)
+        if self._hide_own and is_own_code(code):
+            return 0
+        return builder.location_id(self.frame(code, lasti))
 
     def frame(self, code: CodeType, lasti: int) -> Frame:
         """Resolve one (code, lasti) pair."""

@@ -45,7 +45,8 @@ def check_shares(
     workload = wl.WORKLOADS[name]
     last: AssertionError | None = None
     for attempt in range(2):
-        path, result = profile_of(lambda: workload(scale * 2**attempt), tmp_path)
+        factor = scale * 2**attempt
+        path, result = profile_of(lambda: workload(factor), tmp_path)  # noqa: B023
         truth: dict[str, float] = result  # type: ignore[assignment]
         rows = top_by_name(path)
         try:
@@ -149,7 +150,7 @@ def test_names_files_lines_and_thread_label(tmp_path: Path) -> None:
 
 
 def test_thread_label_selects_a_thread(tmp_path: Path) -> None:
-    path, truth = profile_of(lambda: wl.threads_main_joins(0.5), tmp_path)
+    path, _ = profile_of(lambda: wl.threads_main_joins(0.5), tmp_path)
     rows = top_by_name(path, "-tagfocus=thread=^wb$")
     assert f"{M}.worker_b" in rows
     assert f"{M}.worker_a" not in rows and f"{M}.worker_c" not in rows
@@ -218,7 +219,7 @@ def test_deep_recursion_is_truncated_visibly(tmp_path: Path) -> None:
 def test_second_start_fails_like_go() -> None:
     pyproperf.start_cpu_profile(io.BytesIO())
     try:
-        with pytest.raises(RuntimeError, match="^cpu profiling already in use$"):
+        with pytest.raises(RuntimeError, match=r"^cpu profiling already in use$"):
             pyproperf.start_cpu_profile(io.BytesIO())
     finally:
         pyproperf.stop_cpu_profile()

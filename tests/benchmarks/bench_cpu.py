@@ -1,0 +1,169 @@
+"""CPU profiler: overhead, cost per sample, write time, accuracy.
+
+python -m tests.benchmarks cpu [--quick]
+
+* overhead: the same CPU-bound work timed unprofiled and profiled in
+  alternating rounds inside one process; the ratio of medians.
+* sample cost: one tick of the sampler (wall clock, so every thread's
+  stack is walked) against thread count and stack depth.
+* write: encoding a profile of 100,000 distinct stacks.
+* accuracy: tests/cpu_workloads.py's ground-truth workloads, share error
+  pooled over runs (percentage points) and profiled/true total CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import pyproperf
+from pyproperf import _cpu
+from tests import cpu_workloads
+from tests.pprof_tool import load, stacks
+
+
+def cpu_bound(n: int) -> int:
+    """A mix of calls, arithmetic, dict and string work."""
+
+    def fib(k: int) -> int:
+        return k if k < 2 else fib(k - 1) + fib(k - 2)
+
+    total = 0
+    d: dict[str, int] = {}
+    for i in range(n):
+        total += fib(12)
+        d[str(i % 97)] = d.get(str(i % 97), 0) + i
+    return total + len(d)
+
+
+def overhead(hz: int, clock: str, rounds: int) -> tuple[float, float, float]:
+    n = 12_000  # about 0.2 s a round
+    cpu_bound(n)
+    base: list[float] = []
+    prof: list[float] = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        cpu_bound(n)
+        base.append(time.perf_counter() - t0)
+        pyproperf.start_cpu_profile(io.BytesIO(), hz=hz, clock=clock)
+        t0 = time.perf_counter()
+        cpu_bound(n)
+        prof.append(time.perf_counter() - t0)
+        pyproperf.stop_cpu_profile()
+    b, p = statistics.median(base), statistics.median(prof)
+    return b, p, p / b
+
+
+def park(depth: int, ready: threading.Barrier, stop: threading.Event) -> None:
+    if depth > 1:
+        park(depth - 1, ready, stop)
+        return
+    ready.wait()
+    stop.wait()
+
+
+def sample_cost(threads: int, depth: int, ticks: int) -> float:
+    stop = threading.Event()
+    ready = threading.Barrier(threads + 1)
+    workers = [
+        threading.Thread(target=park, args=(depth, ready, stop), daemon=True)
+        for _ in range(threads)
+    ]
+    for t in workers:
+        t.start()
+    ready.wait()
+    engine = _cpu._engine
+    collector = _cpu._Collector(100, "wall")
+    engine.add(collector)
+    try:
+        times = []
+        with engine._tick_lock:
+            for _ in range(ticks):
+                t0 = time.perf_counter()
+                engine._tick(None)
+                times.append(time.perf_counter() - t0)
+    finally:
+        engine.remove(collector)
+        stop.set()
+        for t in workers:
+            t.join()
+    return statistics.median(times)
+
+
+def write_time(n_stacks: int, repeats: int) -> float:
+    """Encode a profile of ``n_stacks`` distinct stacks (20 frames each)."""
+    codes = [
+        compile(f"def f{i}(): pass", f"mod{i % 50}.py", "exec").co_consts[0] for i in range(400)
+    ]
+    collector = _cpu._Collector(100, "cpu")
+    for i in range(n_stacks):
+        key: list[object] = [codes[i % 400], i // 400 * 2]  # a distinct leaf
+        for d in range(1, 20):
+            key += [codes[(i * 7 + d * 13) % len(codes)], (i + d) % 64 * 2]
+        collector.agg[(tuple(key), None, "MainThread")] = [1, 10_000_000]
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        data = collector.build()
+        times.append(time.perf_counter() - t0)
+    assert len(load(data).sample) == n_stacks
+    return statistics.median(times)
+
+
+def accuracy(name: str, runs: int) -> tuple[float, float, int]:
+    """Share error (pp) pooled over runs and profiled/true CPU ratio."""
+    workload: Callable[[float], dict[str, float]] = cpu_workloads.WORKLOADS[name]
+    truth_total: dict[str, float] = {}
+    prof_total: dict[str, float] = {}
+    for _ in range(runs):
+        buf = io.BytesIO()
+        pyproperf.start_cpu_profile(buf)
+        truth = workload(1.0)
+        pyproperf.stop_cpu_profile()
+        p = load(buf.getvalue())
+        for fn, seconds in truth.items():
+            truth_total[fn] = truth_total.get(fn, 0.0) + seconds
+            qual = f"{cpu_workloads.MODULE}.{fn}"
+            prof_total[fn] = prof_total.get(fn, 0.0) + sum(
+                v[1] / 1e9 for names, v, _ in stacks(p) if qual in names
+            )
+    t_sum, p_sum = sum(truth_total.values()), sum(prof_total.values())
+    err = max(abs(100 * prof_total[f] / p_sum - 100 * truth_total[f] / t_sum) for f in truth_total)
+    return err, p_sum / t_sum, runs
+
+
+def main(quick: bool) -> None:
+    rounds = 5 if quick else 21
+    print("### Overhead (CPU-bound work, alternating rounds, medians)\n")
+    print("| clock | hz | unprofiled | profiled | ratio |")
+    print("| --- | --- | --- | --- | --- |")
+    for clock in ("cpu", "wall"):
+        for hz in (100, 1000):
+            b, p, r = overhead(hz, clock, rounds)
+            print(f"| {clock} | {hz} | {b * 1e3:.1f} ms | {p * 1e3:.1f} ms | {r:.3f} |", flush=True)
+
+    print("\n### Cost of one sample (wall clock: every thread's stack walked)\n")
+    print("| threads | stack depth | per tick | per thread |")
+    print("| --- | --- | --- | --- |")
+    for threads in (1, 8, 64):
+        for depth in (10, 100):
+            cost = sample_cost(threads, depth, 20 if quick else 100)
+            print(
+                f"| {threads} | {depth} | {cost * 1e6:.0f} µs | {cost / threads * 1e6:.1f} µs |",
+                flush=True,
+            )
+
+    print("\n### Writing a profile\n")
+    n = 100_000
+    t = write_time(n, 1 if quick else 3)
+    print(f"{n:,} distinct stacks of 20 frames: {t:.2f} s (median)\n", flush=True)
+
+    print("### Accuracy against measured truth (100 Hz, cpu clock)\n")
+    print("| workload | runs | max share error (pp, pooled) | profiled / true CPU |")
+    print("| --- | --- | --- | --- |")
+    for name in cpu_workloads.WORKLOADS:
+        err, ratio, runs = accuracy(name, 2 if quick else 5)
+        print(f"| {name} | {runs} | {err:.2f} | {ratio:.3f} |", flush=True)
