@@ -45,6 +45,8 @@ from pyproperf._labels import LabelSet
 __all__ = ["CPUProfile", "cpu_profile", "flush", "start_cpu_profile", "stop_cpu_profile"]
 
 CLOCKS = ("cpu", "wall")
+# Threads pyproperf starts are named so; the sampler leaves them out.
+INTERNAL_THREAD_PREFIX = "pyproperf-"
 MAX_HZ = 10_000
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -84,9 +86,11 @@ def _real_thread_module() -> ModuleType:
 class _ThreadClock:
     """Per-thread clock state kept between ticks."""
 
-    __slots__ = ("clock", "cpu", "last", "thread", "wall")
+    __slots__ = ("clock", "cpu", "internal", "last", "thread", "wall")
 
     def __init__(self, clock: int | None, cpu: int, wall: int, thread: threading.Thread | None):
+        # pyproperf's own threads (heap sampler, HTTP server) are never sampled.
+        self.internal = thread is not None and thread.name.startswith(INTERNAL_THREAD_PREFIX)
         self.clock = clock
         self.cpu = cpu
         self.wall = wall
@@ -161,6 +165,7 @@ class _Engine:
         self._previous_handler: Any = None
         self._main_ident: int | None = None  # the real main thread, learnt in the handler
         self.errors = 0  # ticks that failed (never raised into the host program)
+        self._exit_hooked = False
 
     # -- consumers -------------------------------------------------------------
 
@@ -207,7 +212,7 @@ class _Engine:
     def _start(self, hz: int) -> None:
         self._period_ns = 1_000_000_000 // hz
         self._baseline()
-        self._hook_thread_exit(True)
+        self._hook_thread_exit()
         real = self._real = _real_thread_module()
         self._stop = real.allocate_lock()
         self._stop.acquire()
@@ -243,7 +248,6 @@ class _Engine:
         self._signals = True
 
     def _shutdown(self) -> None:
-        self._hook_thread_exit(False)
         self._collectors = ()
         self._want_cpu = self._want_wall = False
         if self._signals:
@@ -344,6 +348,27 @@ class _Engine:
             return period * 9 // 10
         return 2 * period
 
+    def _main_allows_helper_tick(self) -> bool:
+        """Whether a helper tick cannot bias where the main thread's CPU goes.
+
+        With our handler armed, a main thread that used CPU since the last
+        tick will tick itself soon, unless it is stuck where handlers cannot
+        run (C code, a restarted system call), which shows as more CPU used
+        than a period and a half without a tick.  A main thread that used
+        (almost) none is blocked, and sampling it anywhere is right.
+        """
+        if not self._signals:
+            return True
+        st = self._states.get(self._main_ident) if self._main_ident is not None else None
+        if st is None or st.clock is None:
+            return True
+        try:
+            used = time.clock_gettime_ns(st.clock) - st.cpu
+        except OSError:
+            return True
+        period = self._period_ns
+        return used < period // 4 or used >= 3 * period // 2
+
     def _learn_main_ident(self) -> None:
         """Find the real main-thread ident (gevent's monkey patching hides it from threading)."""
         me = sys._getframe(1)
@@ -366,6 +391,12 @@ class _Engine:
                     continue
                 if not self._helper_running:
                     return
+                if not self._main_allows_helper_tick():
+                    # The handler's tick is due: don't sample the main thread
+                    # at the one moment it let go of the GIL.
+                    if stop.acquire(timeout=self._period_ns / 2e9):
+                        return
+                    continue
                 if self._tick_lock.acquire(blocking=False):
                     try:
                         now = time.monotonic_ns()
@@ -394,6 +425,8 @@ class _Engine:
         ident = thread.ident
         if not self._collectors or ident is None:
             return
+        if thread.name.startswith(INTERNAL_THREAD_PREFIX):
+            return
         with self._tick_lock:
             collectors = self._collectors
             st = self._states.get(ident)
@@ -418,28 +451,31 @@ class _Engine:
                     key = (code, -1, *key)
             _credit(collectors, key, labels, thread.name, cpu_delta, wall_delta)
 
-    def _hook_thread_exit(self, install: bool) -> None:
-        """Wrap ``threading.Thread._bootstrap_inner`` while sampling, and unwrap after."""
-        cls = threading.Thread
-        current = cls.__dict__.get("_bootstrap_inner")
-        if install:
-            if current is None or getattr(current, "__pyproperf__", False):
-                return
-            original = current
+    def _hook_thread_exit(self) -> None:
+        """Wrap ``threading.Thread._bootstrap_inner`` once, for ``thread_exiting``.
 
-            def _bootstrap_inner(thread: threading.Thread) -> None:
-                try:
-                    original(thread)
-                finally:
+        The wrapper stays after the engine stops (it returns at once when
+        nothing samples): unwrapping could not undo a wrapper someone else
+        (our labels, another library) put on top of it.
+        """
+        cls = threading.Thread
+        original = cls.__dict__.get("_bootstrap_inner")
+        if original is None or self._exit_hooked:
+            return
+        self._exit_hooked = True
+
+        def _bootstrap_inner(thread: threading.Thread) -> None:
+            try:
+                original(thread)
+            finally:
+                if _engine._collectors:
                     try:
                         _engine.thread_exiting(thread)
                     except Exception:
                         _engine.errors += 1
 
-            _bootstrap_inner.__pyproperf__ = original  # type: ignore[attr-defined]
-            cls._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
-        elif current is not None and getattr(current, "__pyproperf__", None) is not None:
-            cls._bootstrap_inner = current.__pyproperf__  # type: ignore[attr-defined]
+        _bootstrap_inner.__wrapped__ = original  # type: ignore[attr-defined]
+        cls._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
 
     def _baseline(self) -> None:
         """Read every known thread's clocks, so only CPU used from now on counts."""
@@ -494,6 +530,8 @@ class _Engine:
                     st.clock = _thread_cpu_clock(os.getpid())  # the main thread's tid
                     st.cpu = gettime(st.clock)
                 states[ident] = st
+            if st.internal:
+                continue
             cpu_delta = 0
             if want_cpu and st.clock is not None:
                 try:

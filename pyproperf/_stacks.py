@@ -77,10 +77,12 @@ def capture(
     none is, from ``_labels.unit_labels(ident)``, the labels of whatever unit
     (thread, greenlet) runs on thread ``ident``.
     """
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        frame = frame.f_back
     registry = _labels.frame_labels
     labels = None
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        if registry and labels is None:  # a labels wrapper (do, labeled) is the leaf
+            labels = registry.get(frame)
+        frame = frame.f_back
     out: list[object] = []
     append = out.append
     depth = 0
@@ -154,7 +156,7 @@ class Resolver:
         out = []
         get = cache.get
         # Codes stay alive while their keys exist, so id() is unique here.
-        for code, lasti in zip(key[::2], key[1::2]):
+        for code, lasti in zip(key[::2], key[1::2], strict=False):
             k = (id(code) << 24) + lasti  # type: ignore[operator]
             lid = get(k)
             if lid is None:

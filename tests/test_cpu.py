@@ -457,3 +457,20 @@ def test_fork_child_starts_clean(tmp_path: Path) -> None:
     finally:
         pyproperf.stop_cpu_profile()
     assert answer == b"ok" and os.waitstatus_to_exitcode(status) == 0
+
+
+def test_pyproperf_threads_are_not_sampled(tmp_path: Path) -> None:
+    """Threads the library runs (heap sampler, HTTP server) are named pyproperf-*: left out."""
+
+    def ours() -> None:
+        wl.worker_a(0.2)
+
+    def work() -> None:
+        t = threading.Thread(target=ours, name="pyproperf-test")
+        t.start()
+        wl.worker_b(0.2)
+        t.join()
+
+    path, _ = profile_of(work, tmp_path)
+    rows = top_by_name(path)
+    assert f"{M}.worker_b" in rows and f"{M}.worker_a" not in rows
