@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 import pyproperf
-from pyproperf import _cpu
+from pyproperf import _sampler
 from tests import cpu_workloads
 from tests.pprof_tool import load, stacks
 
@@ -75,8 +75,8 @@ def sample_cost(threads: int, depth: int, ticks: int) -> float:
     for t in workers:
         t.start()
     ready.wait()
-    engine = _cpu._engine
-    collector = _cpu._Collector(100, "wall")
+    engine = _sampler.engine
+    collector = _sampler.Collector(100, "wall")
     engine.add(collector)
     try:
         times = []
@@ -98,7 +98,7 @@ def write_time(n_stacks: int, repeats: int) -> float:
     codes = [
         compile(f"def f{i}(): pass", f"mod{i % 50}.py", "exec").co_consts[0] for i in range(400)
     ]
-    collector = _cpu._Collector(100, "cpu")
+    collector = _sampler.Collector(100, "cpu")
     for i in range(n_stacks):
         key: list[object] = [codes[i % 400], i // 400 * 2]  # a distinct leaf
         for d in range(1, 20):
