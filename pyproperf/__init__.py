@@ -13,7 +13,26 @@ from __future__ import annotations
 from pyproperf._cpu import cpu_profile, flush, start_cpu_profile, stop_cpu_profile
 
 # --- labels (issue 3) ---
-from pyproperf._labels import LabelSet
+from pyproperf._labels import (
+    LabelContext,
+    LabelSet,
+    do,
+    for_labels,
+    label,
+    labeled,
+    labels,
+    set_goroutine_labels,
+    with_labels,
+)
+
+# --- registry, goroutine, threadcreate (issue 4) ---
+from pyproperf._registry import Profile, lookup, new_profile, profiles, write_heap_profile
+
+# --- block and mutex (issue 6) ---
+from pyproperf._contention import set_block_profile_rate, set_mutex_profile_fraction
+
+# --- memory (issue 5) ---
+from pyproperf._heap import heap_profile, start_heap_profile, stop_heap_profile
 
 __all__ = [
     # --- CPU ---
@@ -22,7 +41,28 @@ __all__ = [
     "start_cpu_profile",
     "stop_cpu_profile",
     # --- labels ---
+    "LabelContext",
     "LabelSet",
+    "do",
+    "for_labels",
+    "label",
+    "labeled",
+    "labels",
+    "set_goroutine_labels",
+    "with_labels",
+    # --- registry ---
+    "Profile",
+    "lookup",
+    "new_profile",
+    "profiles",
+    "write_heap_profile",
+    # --- block and mutex ---
+    "set_block_profile_rate",
+    "set_mutex_profile_fraction",
+    # --- memory ---
+    "heap_profile",
+    "start_heap_profile",
+    "stop_heap_profile",
 ]
 
 __version__ = "0.1.0"

@@ -242,8 +242,14 @@ def merge_profiles(
 
     # Pass 1: key everything by content; pass 2 writes only what kept samples use.
     mappings: dict[tuple[int, int, str], tuple[int, int]] = {}  # key -> (id, start)
-    samples: dict[tuple[object, ...], list[int]] = {}
-    sample_labels: dict[tuple[object, ...], list[tuple[str, str, int, str]]] = {}
+    # function (name, system name, file, start line); location (mapping id,
+    # address, is_folded, lines as (function or None, line, column)); label
+    # (key, str, num, unit); sample (locations, sorted labels).
+    fkey_t = tuple[str, str, str, int]
+    lkey_t = tuple[int, int, bool, tuple[tuple[fkey_t | None, int, int], ...]]
+    label_t = tuple[str, str, int, str]
+    samples: dict[tuple[tuple[lkey_t, ...], tuple[label_t, ...]], list[int]] = {}
+    sample_labels: dict[tuple[tuple[lkey_t, ...], tuple[label_t, ...]], list[label_t]] = {}
     for p, factor in zip(profs, factors, strict=True):
         st = p.string_table
         mapped: dict[int, tuple[int, int]] = {}  # source mapping id -> (id, address shift)
@@ -260,7 +266,7 @@ def merge_profiles(
             mapped[m.id] = (mid, start - m.memory_start)
         funcs = {f.id: (st[f.name], st[f.system_name], st[f.filename], f.start_line)
                  for f in p.function}
-        locs: dict[int, tuple[object, ...]] = {}
+        locs: dict[int, lkey_t] = {}
         for loc in p.location:
             mid, shift = mapped.get(loc.mapping_id, (0, 0))
             lines = tuple((funcs.get(ln.function_id), ln.line, ln.column) for ln in loc.line)
@@ -274,14 +280,13 @@ def merge_profiles(
             sample_labels.setdefault(skey, labels)
             for i, v in enumerate(smp.value):
                 values[i] += v * factor
-    functions: dict[object, int] = {}
-    locations: dict[object, int] = {}
+    functions: dict[fkey_t, int] = {}
+    locations: dict[lkey_t, int] = {}
     for skey, values in samples.items():
         if not any(values):
             continue
         ids = []
         for lkey in skey[0]:
-            assert isinstance(lkey, tuple)
             if lkey not in locations:
                 mid, address, folded, lines = lkey
                 locations[lkey] = len(locations) + 1
@@ -296,7 +301,8 @@ def merge_profiles(
                             id=len(functions), name=s(name), system_name=s(system_name),
                             filename=s(filename), start_line=start_line,
                         )
-                    new_loc.line.add(function_id=functions.get(fkey, 0), line=line, column=column)
+                    fid = 0 if fkey is None else functions[fkey]
+                    new_loc.line.add(function_id=fid, line=line, column=column)
             ids.append(locations[lkey])
         new_smp = out.sample.add(location_id=ids, value=values)
         for key, text, num, unit in sample_labels[skey]:

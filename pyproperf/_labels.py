@@ -1,63 +1,332 @@
-"""Profiler labels: LabelSet, and which labels are active where.
+"""Profiler labels: Go's label API, and which labels are active where.
 
-The sampler runs in a signal handler or another thread and cannot read
-the running code's ContextVar, so the active labels are also published
+The active label set of the running code lives in a ContextVar (``_current``):
+asyncio tasks inherit it through their context copy, and ``label(None, k)``
+reads it.  The sampler runs in a signal handler or another thread and
+cannot read that ContextVar, so the active labels are also published
 where a stack walk finds them:
 
 * ``frame_labels`` maps a live frame to the label set in force from that
-  frame inward (registered by ``labeled``/``do``; the innermost registered
-  frame on a stack wins);
-* ``unit_labels(ident)`` gives the labels of the unit (thread, greenlet)
-  currently running on thread ``ident``, for stacks with no registered
-  frame.
+  frame inward; the innermost registered frame on a stack wins.  ``labeled``
+  and ``do`` register the frame running the labelled code; a unit that
+  inherited labels has them on its root frame: the thread's bootstrap
+  frame, a gevent greenlet's first frame, a task's coroutine.
+* ``unit_labels(ident)`` is the fallback for a stack with no registered
+  frame: the labels of the plain greenlet running on thread ``ident``
+  (kept by a switch tracer).
+
+Invariant: while code runs directly in a registered frame, the frame's
+entry equals the ContextVar (``EMPTY`` standing for None).  Every write
+keeps it, which is what lets ``set_goroutine_labels`` work by rewriting the
+innermost registered frame.
+
+The package is split by job; this module is the one the rest of pyproperf
+imports, and re-exports the others' names:
+
+* ``_labels_state``: ``LabelSet``, ``LabelContext``, ``labels()``, the merge,
+  and the stores above (the ContextVar, ``frame_labels``, the unit table);
+* ``_labels_region``: ``labeled``, the region context manager and decorator;
+* ``_labels_inherit``: inheritance, as with ``go`` statements: hooks
+  installed the first time a label set is made, or when the module
+  concerned is imported later (``threading.Thread``, ``concurrent.futures``
+  executors, asyncio's ``BaseEventLoop.create_task``, gevent's spawn
+  callbacks, a greenlet switch tracer in programs without gevent).
+  ``import pyproperf`` imports none of those modules;
+* here: the rest of Go's API (``with_labels``, ``label``, ``for_labels``,
+  ``do``, ``set_goroutine_labels``) and the per-unit lookups the sampler
+  and the goroutine profile use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextvars
+import functools
+import sys
+import weakref
+from collections.abc import Callable
 from types import FrameType
+from typing import Any, TypeVar
 
-__all__ = ["LabelSet", "frame_labels", "unit_labels"]
+from pyproperf import _labels_inherit, _labels_state
+from pyproperf._labels_inherit import (
+    _LABELS_ATTR,
+    _coro_frame,
+    _forget_frame,
+    _task_root,
+)
+
+# Internals that tests and benchmarks reach through this module (explicit re-exports).
+from pyproperf._labels_inherit import _ensure_tracer as _ensure_tracer  # noqa: PLC0414
+from pyproperf._labels_inherit import _get_ident as _get_ident  # noqa: PLC0414
+from pyproperf._labels_inherit import _remove_tracer as _remove_tracer  # noqa: PLC0414
+from pyproperf._labels_region import labeled
+from pyproperf._labels_state import (
+    EMPTY,
+    LabelContext,
+    LabelSet,
+    _check_set,
+    _context_of,
+    _current,
+    _get,
+    _getframe,
+    _labels_of_ctx,
+    _merge,
+    _set,
+    labels,
+)
+
+__all__ = [
+    "EMPTY",
+    "LabelContext",
+    "LabelSet",
+    "do",
+    "for_labels",
+    "frame_labels",
+    "label",
+    "labeled",
+    "labels",
+    "labels_of_greenlet",
+    "labels_of_task",
+    "set_goroutine_labels",
+    "unit_labels",
+    "with_labels",
+]
+
+# Not from-imported: see _labels_state.frame_labels.
+frame_labels = _labels_state.frame_labels
+_unit_labels = _labels_state._unit_labels
 
 
-class LabelSet:
-    """An immutable set of (key, value) string pairs, sorted by key."""
-
-    __slots__ = ("_hash", "pairs")
-
-    pairs: tuple[tuple[str, str], ...]
-
-    def __init__(self, pairs: tuple[tuple[str, str], ...] = ()) -> None:
-        object.__setattr__(self, "pairs", pairs)
-        object.__setattr__(self, "_hash", hash(pairs))
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("LabelSet is immutable")
-
-    def __hash__(self) -> int:
-        return self._hash  # type: ignore[no-any-return]
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LabelSet) and self.pairs == other.pairs
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self.pairs)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{k!r}: {v!r}" for k, v in self.pairs)
-        return f"LabelSet({{{inner}}})"
+_T = TypeVar("_T")
 
 
-# Live frame -> labels in force from that frame inward.
-frame_labels: dict[FrameType, LabelSet] = {}
+# --- Go's API ------------------------------------------------------------------------------
 
-# Thread ident -> labels of the unit running on it, when no frame says.
-_unit_labels: dict[int, LabelSet] = {}
+
+def with_labels(ctx: LabelContext | contextvars.Context | None, labels: LabelSet) -> LabelContext:
+    """Return a new context whose labels are ctx's merged with ``labels`` (Go: ``WithLabels``).
+
+    For a key in both, the value from ``labels`` wins.  ``ctx`` is not
+    changed; ``None`` means the current context.
+    """
+    add = _check_set(labels)
+    base = _labels_of_ctx(ctx)
+    return _context_of(add if base is None else _merge(base, add))
+
+
+def label(ctx: LabelContext | contextvars.Context | None, key: str) -> tuple[str, bool]:
+    """Return ``(value, True)`` for ``key`` in ctx's labels, else ``("", False)``.
+
+    Go: ``pprof.Label``.
+    """
+    if not isinstance(key, str):
+        raise TypeError(f"label key must be str, not {type(key).__name__}")
+    ls = _labels_of_ctx(ctx)
+    if ls is not None:
+        for k, v in ls.pairs:
+            if k == key:
+                return v, True
+    return "", False
+
+
+def for_labels(
+    ctx: LabelContext | contextvars.Context | None, f: Callable[[str, str], object]
+) -> None:
+    """Call ``f(key, value)`` for each label of ctx, in key order (Go: ``ForLabels``).
+
+    Stops when ``f`` returns a false value other than None: Go's callback
+    must return a bool, a Python one that returns nothing visits every label.
+    """
+    if not callable(f):
+        raise TypeError(f"f must be callable, not {type(f).__name__}")
+    ls = _labels_of_ctx(ctx)
+    if ls is None:
+        return
+    for k, v in ls.pairs:
+        r = f(k, v)
+        if r is not None and not r:
+            break
+
+
+def do(
+    ctx: LabelContext | contextvars.Context | None,
+    labels: LabelSet,
+    f: Callable[[LabelContext], _T],
+) -> _T:
+    """Call ``f(ctx2)`` with ``ctx2 = with_labels(ctx, labels)`` active (Go: ``pprof.Do``).
+
+    Everything ``f`` runs carries ctx2's labels: samples, threads,
+    greenlets and tasks it starts.  Returns what ``f`` returns.  Afterwards,
+    also on an exception, the current labels are those of ``ctx``, as in Go
+    (with ``ctx=None`` that is exactly what was active before).  ``f`` is
+    called, not awaited: for coroutines use ``labeled``.
+    """
+    if type(labels) is not LabelSet:
+        _check_set(labels)
+    old = _get()
+    base = old if ctx is None else _labels_of_ctx(ctx)
+    new = labels if base is None else _merge(base, labels)
+    frame = _getframe()
+    frame_labels[frame] = new
+    _set(new)
+    try:
+        return f(_context_of(new))
+    finally:
+        frame_labels.pop(frame, None)
+        _set(base)
+        if base is not old:
+            _publish(base, _getframe(1))
+
+
+def set_goroutine_labels(ctx: LabelContext | contextvars.Context | None = None) -> None:
+    """Replace the current unit's labels with ctx's (Go: ``SetGoroutineLabels``).
+
+    The unit is the running asyncio task, else the running greenlet, else
+    the thread.  The change lasts until the innermost enclosing ``labeled``
+    region or ``do`` call ends (which restores what was there before it),
+    or for the unit's whole life when there is none.
+    """
+    new = _labels_of_ctx(ctx)
+    _set(new)
+    _publish(new, _getframe(1))
+
+
+# --- per-unit lookups ------------------------------------------------------------------------
 
 
 def unit_labels(ident: int) -> LabelSet | None:
-    """Labels of the unit (thread, or the greenlet it runs) running on thread ``ident``."""
+    """Labels of the unit running on thread ``ident`` when no frame on its stack says.
+
+    Only plain greenlets that inherited labels at their first switch have
+    some; threads, gevent greenlets and tasks carry theirs on a root frame.
+    """
     return _unit_labels.get(ident)
+
+
+def _current_task() -> Any:
+    """The running asyncio task of this thread, or None (asyncio not even imported)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None
+    try:
+        loop = asyncio.events._get_running_loop()
+        return None if loop is None else asyncio.tasks.current_task(loop)
+    except Exception:  # pragma: no cover - an exotic loop
+        return None
+
+
+def _publish(new: LabelSet | None, frame: FrameType | None) -> None:
+    """Make the sampler see ``new`` for the running unit from ``frame`` on.
+
+    Rewrites the innermost registered frame of the unit's stack (the region
+    that restores what was there when it ends).  With none, registers the
+    unit's root frame: a task's coroutine, a greenlet's first frame, the
+    thread's bootstrap (or first) frame.
+    """
+    value = EMPTY if new is None else new
+    task = _current_task()
+    root = _task_root(task) if task is not None else None
+    boot_code = _labels_inherit._boot_code
+    f = frame
+    bottom = boot = None
+    while f is not None:
+        if f in frame_labels:
+            frame_labels[f] = value
+            return
+        if f is root:
+            break
+        if f.f_code is boot_code:
+            boot = f
+        bottom = f
+        f = f.f_back
+    if task is not None:
+        if root is not None:
+            frame_labels[root] = value
+            task.add_done_callback(functools.partial(_forget_frame, root))
+        return
+    g = _current_greenlet()
+    if g is not None and g.parent is not None and bottom is not None:
+        frame_labels[bottom] = value  # the greenlet's first frame (its f_back is None)
+        _forget_with_greenlet(g, bottom)
+        return
+    target = boot or bottom
+    if target is not None:  # kept by our thread hook until the thread ends
+        frame_labels[target] = value
+
+
+# id(greenlet) -> what keeps its root frame's registration until it ends:
+# the gevent greenlet itself (until its rawlink fires), or a weakref to it.
+_greenlet_roots: dict[int, Any] = {}
+
+
+def _forget_with_greenlet(g: Any, frame: FrameType) -> None:
+    """Drop ``frame``'s registration when greenlet ``g`` ends (gevent) or goes away."""
+    key = id(g)
+    if key in _greenlet_roots:
+        return
+    rawlink = getattr(g, "rawlink", None)
+    if rawlink is not None:  # gevent: right when it finishes
+        _greenlet_roots[key] = g
+
+        def finished(_g: object) -> None:
+            frame_labels.pop(frame, None)
+            _greenlet_roots.pop(key, None)
+
+        rawlink(finished)
+        return
+
+    def gone(_ref: object) -> None:
+        frame_labels.pop(frame, None)
+        _greenlet_roots.pop(key, None)
+
+    _greenlet_roots[key] = weakref.ref(g, gone)
+
+
+def _current_greenlet() -> Any:
+    """The running greenlet of this thread, or None (greenlet not imported)."""
+    greenlet = sys.modules.get("greenlet")
+    if greenlet is None or not hasattr(greenlet, "getcurrent"):
+        return None
+    return greenlet.getcurrent()
+
+
+def labels_of_greenlet(g: Any) -> LabelSet | None:
+    """The labels of greenlet ``g`` (None: no label set), for the goroutine profile."""
+    try:
+        if g is _current_greenlet():
+            return _get()
+        ctx = g.gr_context
+    except (ValueError, AttributeError):  # running in another thread
+        ctx = None
+        frame = getattr(g, "gr_frame", None)
+        while frame is not None:
+            ls = frame_labels.get(frame)
+            if ls is not None:
+                return None if ls is EMPTY else ls
+            frame = frame.f_back
+    if ctx is not None:
+        return ctx.get(_current)  # type: ignore[no-any-return]
+    ls = getattr(g, _LABELS_ATTR, None)
+    return ls if isinstance(ls, LabelSet) else None
+
+
+def labels_of_task(task: Any) -> LabelSet | None:
+    """The labels of asyncio ``task`` (None: no label set), for the goroutine profile."""
+    if task is _current_task():
+        return _get()
+    get_context = getattr(task, "get_context", None)
+    if get_context is not None:  # Python 3.12+
+        return get_context().get(_current)  # type: ignore[no-any-return]
+    # Older Pythons: the innermost registered frame along the await chain.
+    found: LabelSet | None = None
+    coro: Any = task.get_coro()
+    seen = 0
+    while coro is not None and seen < 1000:
+        frame = _coro_frame(coro)
+        if frame is not None:
+            ls = frame_labels.get(frame)
+            if ls is not None:
+                found = ls
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        seen += 1
+    return None if found is None or found is EMPTY else found

@@ -150,10 +150,13 @@ def test_names_files_lines_and_thread_label(tmp_path: Path) -> None:
 
 
 def test_thread_label_selects_a_thread(tmp_path: Path) -> None:
-    path, _ = profile_of(lambda: wl.threads_main_joins(0.5), tmp_path)
-    rows = top_by_name(path, "-tagfocus=thread=^wb$")
-    assert f"{M}.worker_b" in rows
-    assert f"{M}.worker_a" not in rows and f"{M}.worker_c" not in rows
+    for scale in (0.5, 1.0):  # retry once, longer, on a noisy machine
+        path, _ = profile_of(lambda: wl.threads_main_joins(scale), tmp_path)  # noqa: B023
+        rows = top_by_name(path, "-tagfocus=thread=^wb$")
+        if f"{M}.worker_b" in rows:
+            break
+    assert f"{M}.worker_b" in rows, pprof("-traces", path)
+    assert f"{M}.worker_a" not in rows and f"{M}.worker_c" not in rows, pprof("-traces", path)
 
 
 def test_profiler_frames_never_appear(tmp_path: Path) -> None:

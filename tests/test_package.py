@@ -16,9 +16,9 @@ PACKAGE = Path(pyproperf.__file__).parent
 LAYERS: dict[int, set[str]] = {
     0: {"_pb", "_pb.profile_pb2"},  # generated schema code
     1: {"_builder", "_io", "_text"},  # model and encoding, knows no source
-    2: {"_labels"},  # what is active where
+    2: {"_labels", "_labels_state", "_labels_region", "_labels_inherit"},  # what is active where
     3: {"_stacks"},  # frames -> stack keys
-    4: {"_cpu", "_goroutine", "_heap", "_contention", "_contention_hooks"},  # sources
+    4: {"_sampler", "_cpu", "_goroutine", "_heap", "_contention", "_contention_hooks"},  # sources
     5: {"_registry", "_top"},  # profiles as objects, reports
     6: {"http", "__main__", "__init__", "_cli_run"},  # outputs and the public API
 }

@@ -1,0 +1,428 @@
+"""``python -m pyproperf run``: run a program as ``python script.py`` would, profiled.
+
+The program gets what ``python script.py`` / ``python -m module`` give it:
+``sys.argv`` (``argv[0]`` the script as typed, or the module's file), a
+fresh ``__main__`` module that stays in ``sys.modules`` after it ends,
+``sys.path[0]`` the script's directory (or the working directory for
+``-m``), and its exit status: ``SystemExit`` as Python handles it, an
+uncaught exception printed through ``sys.excepthook`` with status 1, and
+Ctrl-C (``KeyboardInterrupt``) ending the process by SIGINT, as Python 3.8+
+does.  As at interpreter exit, non-daemon threads the program started are
+waited for before the profile is closed.
+
+The CPU profile is a ``cpu_profile`` section, not ``start_cpu_profile``,
+so the program itself (and ``/debug/pprof/profile`` under ``--http``) can
+still call ``start_cpu_profile``.  Files are written whole (temporary file
+and rename), also when the program raises or is interrupted.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib.machinery
+import importlib.util
+import io
+import os
+import runpy
+import shlex
+import signal
+import sys
+import threading
+import time
+import types
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+from typing import Any
+
+import pyproperf
+from pyproperf import _io
+from pyproperf._builder import decode, gzip_bytes
+
+__all__ = ["Options", "UsageError", "check_output_path", "run"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class UsageError(Exception):
+    """A bad option found only when acting on it (``--http`` address in use, …)."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"argument {option}: {problem}")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What ``run`` was asked for."""
+
+    output: str
+    hz: int = 100
+    clock: str = "cpu"
+    heap: str | None = None
+    http: str | None = None
+
+
+def check_output_path(path: str) -> str:
+    """Why ``path`` cannot receive a profile ("" if it can), checked before the program runs."""
+    if os.path.isdir(path):
+        return f"{path!r} is a directory"
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"directory does not exist: {directory}"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"directory is not writable: {directory}"
+    return ""
+
+
+def run(options: Options, target: str, args: Sequence[str], *, module: bool) -> int:
+    """Run ``target`` (a script path, or a module name if ``module``) profiled; its exit status.
+
+    Raises the program's ``SystemExit`` and ``KeyboardInterrupt`` again
+    after the profile is written, so Python ends the process as it would
+    have without us.
+    """
+    if module:
+        try:
+            found = importlib.util.find_spec(target.partition(".")[0]) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            print(f"{sys.executable}: No module named {target}", file=sys.stderr)
+            return 1
+    elif not os.path.exists(target):
+        print(
+            f"pyproperf run: can't open file {os.path.abspath(target)!r}: "
+            "[Errno 2] No such file or directory",
+            file=sys.stderr,
+        )
+        return 2
+
+    heap = _start_heap() if options.heap is not None else None
+    try:
+        server = _start_http(options.http) if options.http is not None else None
+    except BaseException:
+        if heap is not None:
+            heap()
+        raise
+    # Absolute now: the program may chdir.
+    cpu_path = os.path.abspath(options.output)
+    heap_path = os.path.abspath(options.heap) if options.heap is not None else ""
+    cpu_buffer = io.BytesIO()
+    section = pyproperf.cpu_profile(cpu_buffer, hz=options.hz, clock=options.clock)
+    pid = os.getpid()
+    launcher = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    _prepare_sys(target, args, module)
+    section.__enter__()
+    ours = set(threading.enumerate())
+    started = time.monotonic()
+
+    failure: BaseException | None = None
+    try:
+        _execute(target, module)
+    except BaseException as exc:  # the program's outcome, whatever it is
+        failure = exc
+    if os.getpid() != pid:  # a forked child that fell through: the parent writes
+        return _outcome(failure, print_traceback=True)
+    if failure is not None and not isinstance(failure, SystemExit):
+        _print_exception(failure)
+    interrupted = _wait_for_program_threads(ours)
+    if interrupted is not None and failure is None:
+        failure = interrupted
+
+    # Write everything, with Ctrl-C held back until the files are whole.
+    held = _HoldInterrupts()
+    with held:
+        elapsed = time.monotonic() - started
+        section.__exit__(None, None, None)
+        if server is not None:
+            server.stop()
+        cpu = _strip_runner_roots(cpu_buffer.getvalue(), launcher)
+        ok = _deliver(cpu_path, options.output, cpu, _cpu_summary, elapsed)
+        if heap is not None:
+            ok = _deliver(heap_path, options.heap or "", heap(), _heap_summary, elapsed) and ok
+    if held.interrupted and failure is None:
+        failure = KeyboardInterrupt()
+    if ok:
+        _say(
+            "view it with: python -m pyproperf top "
+            f"{shlex.quote(options.output)}  (or: go tool pprof -http=: "
+            f"{shlex.quote(options.output)})"
+        )
+    status = _outcome(failure, print_traceback=False)
+    return status if ok or status else 1
+
+
+# --- the program --------------------------------------------------------------
+
+
+def _prepare_sys(target: str, args: Sequence[str], module: bool) -> None:
+    """``sys.argv`` and ``sys.path[0]`` as ``python script.py`` / ``python -m`` set them."""
+    sys.argv[:] = [target, *args]  # -m: runpy puts the module's file in argv[0]
+    if getattr(sys.flags, "safe_path", False):  # python -P: no program directory on the path
+        return
+    if module:
+        path0 = os.getcwd()
+    elif os.path.isdir(target) or zipfile.is_zipfile(target):
+        path0 = os.path.abspath(target)
+    else:
+        path0 = os.path.dirname(os.path.realpath(target))
+    previous = sys.path[0] if sys.path else None
+    if sys.path:
+        sys.path[0] = path0
+    else:
+        sys.path.append(path0)
+    # Running from a source checkout: keep pyproperf importable for its lazy imports.
+    source_root = os.path.realpath(os.path.dirname(_PACKAGE_DIR.rstrip(os.sep)))
+    if previous and os.path.realpath(previous) == source_root and previous not in sys.path:
+        sys.path.append(previous)
+
+
+def _new_main(**attrs: Any) -> types.ModuleType:
+    """A fresh ``__main__`` module, installed in ``sys.modules`` for good (as Python's own)."""
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__builtins__=builtins, **attrs)
+    sys.modules["__main__"] = main
+    return main
+
+
+def _execute(target: str, module: bool) -> None:
+    run_module_as_main: Callable[..., Any] = getattr(runpy, "_run_module_as_main")  # noqa: B009
+    if module:
+        # What `python -m` itself calls: runs the module in the __main__ namespace.
+        _new_main()
+        run_module_as_main(target, alter_argv=True)
+    elif os.path.isdir(target) or zipfile.is_zipfile(target):
+        _new_main()
+        run_module_as_main("__main__", alter_argv=False)  # `python DIR` / `python app.zip`
+    else:
+        path = os.path.abspath(target)
+        with io.open_code(path) as f:
+            source = f.read()
+        main = _new_main(
+            __file__=path,
+            __cached__=None,
+            __loader__=importlib.machinery.SourceFileLoader("__main__", path),
+            __spec__=None,
+            __package__=None,
+        )
+        code = compile(source, path, "exec", dont_inherit=True)
+        exec(code, main.__dict__)
+
+
+def _is_runner_file(filename: str, launcher: str = "") -> bool:
+    """Code of the launcher: runpy, pyproperf, the ``pyproperf`` console script."""
+    return (
+        filename.startswith(_PACKAGE_DIR)
+        or filename in ("<frozen runpy>", getattr(runpy, "__file__", None))
+        or (bool(launcher) and filename == launcher)
+    )
+
+
+def _is_runner_frame(frame: FrameType) -> bool:
+    return _is_runner_file(frame.f_code.co_filename)
+
+
+def _strip_runner_roots(data: bytes, launcher: str) -> bytes:
+    """Drop the launcher's frames (``python -m pyproperf``'s runpy calls) at stack roots.
+
+    A stack then starts at the program's ``<module>``, as when the program
+    runs as ``python script.py`` and profiles itself.  Samples taken while
+    only the launcher ran (compiling the script, writing the profile) go.
+    """
+    profile = decode(data)
+    st = profile.string_table
+    runner_functions = {
+        f.id for f in profile.function if _is_runner_file(st[f.filename], launcher)
+    }
+    runner_locations = {
+        loc.id
+        for loc in profile.location
+        if loc.line and all(ln.function_id in runner_functions for ln in loc.line)
+    }
+    if not runner_locations:
+        return data
+    launcher_only = []
+    for i, sample in enumerate(profile.sample):
+        ids = sample.location_id
+        n = len(ids)
+        while n and ids[n - 1] in runner_locations:
+            n -= 1
+        if n == 0 and ids:
+            launcher_only.append(i)
+        elif n < len(ids):
+            del ids[n:]
+    for i in reversed(launcher_only):
+        del profile.sample[i]
+    return gzip_bytes(profile.SerializeToString())
+
+
+def _print_exception(exc: BaseException) -> None:
+    """Print an uncaught exception through ``sys.excepthook``, without our own frames."""
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None and _is_runner_frame(tb.tb_frame):
+        tb = tb.tb_next
+    exc.__traceback__ = tb
+    try:
+        sys.excepthook(type(exc), exc, tb)
+    except Exception:  # a broken hook: Python falls back to its own printer
+        sys.__excepthook__(type(exc), exc, tb)
+
+
+def _outcome(failure: BaseException | None, *, print_traceback: bool) -> int:
+    """The exit status, or the program's SystemExit / KeyboardInterrupt raised again."""
+    if failure is None:
+        return 0
+    if isinstance(failure, SystemExit):
+        raise failure
+    if print_traceback:
+        _print_exception(failure)
+    if isinstance(failure, KeyboardInterrupt):
+        # Already printed: let Python end the process by SIGINT (status 130 in a
+        # shell) after running atexit handlers, without printing it again.
+        _silence_once(failure)
+        raise failure
+    return 1
+
+
+def _silence_once(exc: BaseException) -> None:
+    previous = sys.excepthook
+
+    def hook(t: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if value is not exc:
+            previous(t, value, tb)
+
+    sys.excepthook = hook
+    exc.__traceback__ = None
+
+
+def _wait_for_program_threads(ours: set[threading.Thread]) -> KeyboardInterrupt | None:
+    """Join the non-daemon threads the program started, as interpreter exit does."""
+    try:
+        while True:
+            pending = [
+                t for t in threading.enumerate()
+                if t not in ours and not t.daemon and t.is_alive()
+                and t is not threading.current_thread()
+            ]
+            if not pending:
+                return None
+            for t in pending:
+                t.join()
+    except KeyboardInterrupt as exc:
+        return exc
+
+
+class _HoldInterrupts:
+    """Defer SIGINT while the profiles are written (main thread only)."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._installed = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _HoldInterrupts:
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._note)
+                self._installed = True
+            except (ValueError, OSError):
+                pass
+        return self
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self.interrupted = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._installed:
+            # None: a handler set from C, which Python cannot reinstall; keep Python's default.
+            previous = self._previous if self._previous is not None else signal.default_int_handler
+            signal.signal(signal.SIGINT, previous)
+
+
+# --- heap and http (optional) --------------------------------------------------
+
+
+def _start_heap() -> Callable[[], bytes]:
+    """Start tracing allocations; the returned function writes, stops, and returns the profile.
+
+    The profile is ``allocs`` (the heap data with ``alloc_space`` as the
+    default type), as ``go test -memprofile`` writes: at exit, what was
+    allocated says more than what is still live (``--sample-index
+    inuse_space`` shows that).
+    """
+    from pyproperf import _heap
+
+    _heap.start_heap_profile()
+
+    def finish() -> bytes:
+        buffer = io.BytesIO()
+        try:
+            allocs = pyproperf.lookup("allocs")
+            assert allocs is not None, "the allocs profile is built in"
+            allocs.write_to(buffer, 0)
+        finally:
+            _heap.stop_heap_profile()
+        return buffer.getvalue()
+
+    return finish
+
+
+def _start_http(address: str) -> Any:
+    import pyproperf.http
+
+    try:
+        server = pyproperf.http.serve(address)
+    except (ValueError, OSError) as exc:
+        raise UsageError("--http", str(exc)) from None
+    _say(f"serving {server.url}")
+    return server
+
+
+# --- output -------------------------------------------------------------------
+
+
+def _say(text: str) -> None:
+    try:
+        print(f"pyproperf: {text}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # the program closed stderr
+        pass
+
+
+def _deliver(
+    path: str, shown: str, data: bytes, summary: Callable[[bytes, float], str], elapsed: float
+) -> bool:
+    """Write ``data`` to ``path`` whole and say so (naming it ``shown``); False on failure."""
+    try:
+        _io.write_file_atomic(path, data)
+    except OSError as exc:
+        _say(f"could not write {shown}: {exc}")
+        return False
+    _say(f"wrote {shown} ({summary(data, elapsed)})")
+    return True
+
+
+def _cpu_summary(data: bytes, elapsed: float) -> str:
+    profile = decode(data)
+    st = profile.string_table
+    types_ = [st[t.type] for t in profile.sample_type]
+    seconds = (profile.duration_nanos / 1e9) if profile.duration_nanos else elapsed
+    samples = sum(s.value[0] for s in profile.sample) if types_[:1] == ["samples"] else 0
+    text = f"{seconds:.2f} s, {samples} sample{'' if samples == 1 else 's'}"
+    if len(types_) > 1:
+        sampled = sum(s.value[1] for s in profile.sample) / 1e9
+        text += f", {sampled:.2f} s {types_[1]}"
+    return text
+
+
+def _heap_summary(data: bytes, elapsed: float) -> str:
+    profile = decode(data)
+    st = profile.string_table
+    types_ = [st[t.type] for t in profile.sample_type]
+    text = f"{len(profile.sample)} stacks"
+    if "inuse_space" in types_:
+        i = types_.index("inuse_space")
+        from pyproperf._top import scaled_label
+
+        text += f", {scaled_label(sum(s.value[i] for s in profile.sample), 'bytes')} in use"
+    return text

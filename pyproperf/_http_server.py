@@ -1,0 +1,301 @@
+"""``pyproperf.http.serve``: the endpoints on a small stdlib HTTP server in a daemon thread.
+
+One thread per connection (``ThreadingHTTPServer``), at most
+``max_connections`` at a time (more get a 503 at once).  Every connection
+is closed after one response (HTTP/1.0), so an idle client holds nothing.
+Reading a request has a total deadline, writing a response a timeout,
+and a ``/profile`` or delta request waits at most ``max_seconds``: one
+slow or stalled client cannot hold a thread for longer than that.  The
+server logs nothing about requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import io
+import logging
+import socket
+import socketserver
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+from pyproperf import _http_core, _http_wait
+from pyproperf._http_core import Response
+
+__all__ = ["Server", "parse_address", "serve"]
+
+log = logging.getLogger("pyproperf.http")
+
+# Total time a client gets to send its request line and headers.
+READ_SECONDS = 10.0
+# Time a client gets to take one whole response.
+WRITE_SECONDS = 60.0
+DEFAULT_MAX_CONNECTIONS = 16
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` / ``"[V6]:PORT"`` / ``":PORT"`` -> (host, port); empty host is loopback."""
+    if not isinstance(address, str):
+        raise TypeError(f"address must be a str like '127.0.0.1:6060', not {type(address)}")
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        raise ValueError(f"address must be HOST:PORT (e.g. 127.0.0.1:6060), got {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"IPv6 addresses go in brackets, e.g. [::1]:6060; got {address!r}")
+    if not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {port!r}")
+    return host or "127.0.0.1", int(port)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads that share one deadline, so a trickling client cannot stall forever."""
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self._sock = sock
+        self._deadline = time.monotonic() + seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request not received in time")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _PprofServer
+    protocol_version = "HTTP/1.0"
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, READ_SECONDS))
+
+    def __getattr__(self, name: str) -> Callable[[], None]:
+        # Every method reaches _serve, which answers 405 for all but GET/HEAD
+        # (Go's method-aware mux); http.server would say 501.
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
+
+    def _serve(self) -> None:
+        self.server.mark_serving(self.connection)
+        raw_path, _, query = self.path.partition("?")
+        if not raw_path.startswith("/"):  # absolute-form request target
+            raw_path = urllib.parse.urlsplit(raw_path).path or "/"
+        # http.server decoded the request line as latin-1: back to bytes, then UTF-8.
+        raw = urllib.parse.unquote_to_bytes(raw_path.encode("latin-1", "replace"))
+        path = raw.decode("utf-8", "replace")
+        try:
+            routed = _http_core.route(
+                self.command, path, query, max_seconds=self.server.max_seconds
+            )
+            result: Response | None = routed if isinstance(routed, Response) else None
+            if not isinstance(routed, Response):
+                result = _http_wait.run_job(routed, self.connection, self.server.stopping)
+        except Exception:
+            log.exception("pyproperf.http: internal error")
+            result = _http_core.error(500, "internal error")
+        if result is None:  # the client left
+            self.close_connection = True
+            return
+        self._write(result)
+
+    def _write(self, response: Response) -> None:
+        self.connection.settimeout(WRITE_SECONDS)
+        self.send_response_only(response.status)
+        self.send_header("Date", email.utils.formatdate(usegmt=True))
+        for key, value in response.headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server's own errors (bad request line, header too long, ...):
+        # plain text, nothing from the request echoed or logged.
+        self.close_connection = True
+        phrase = self.responses.get(code, ("Error",))[0]
+        with contextlib.suppress(OSError):
+            body = f"{code} {phrase}\n".encode()
+            self._write(Response(code, [("Content-Type", _http_core.PLAIN)], body))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Requests are not logged: paths and queries stay out of logs."""
+
+
+class _PprofServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(
+        self, address: tuple[Any, ...], family: int, max_seconds: int, max_connections: int
+    ) -> None:
+        self.address_family = family
+        self.max_seconds = max_seconds
+        self.max_connections = max_connections
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        # connection -> (thread, serving?)
+        self._active: dict[socket.socket, tuple[threading.Thread, bool]] = {}
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would look up our own name (getfqdn): DNS, maybe slow.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            busy = len(self._active) >= self.max_connections or self.stopping.is_set()
+            if not busy:
+                t = threading.Thread(
+                    target=self.process_request_thread,
+                    args=(request, client_address),
+                    name="pyproperf-http-request",
+                    daemon=True,
+                )
+                self._active[request] = (t, False)
+        if busy:
+            try:
+                request.settimeout(1.0)
+                request.sendall(
+                    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; "
+                    b"charset=utf-8\r\nContent-Length: 20\r\n\r\n"
+                    b"too many connections"
+                )
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        t.start()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self._active.pop(request, None)
+
+    def mark_serving(self, request: socket.socket) -> None:
+        with self._lock:
+            if request in self._active:
+                self._active[request] = (self._active[request][0], True)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("pyproperf.http: connection error", exc_info=True)
+
+    def close_connections(self, timeout: float) -> None:
+        """Unblock readers at once, let running requests answer, then join all threads."""
+        with self._lock:
+            active = list(self._active.items())
+        for sock, (_, serving) in active:
+            if not serving:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout
+        for sock, (thread, _) in active:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                thread.join(1.0)
+
+
+class Server:
+    """A running ``serve()``: ``url``, ``host``, ``port``; ``stop()`` it or use ``with``."""
+
+    def __init__(self, httpd: _PprofServer) -> None:
+        self._httpd = httpd
+        sockname = httpd.socket.getsockname()
+        self.host: str = sockname[0]
+        self.port: int = sockname[1]
+        netloc = f"[{self.host}]" if ":" in self.host else self.host
+        #: The index page, e.g. ``http://127.0.0.1:6060/debug/pprof/``.
+        self.url: str = f"http://{netloc}:{self.port}{_http_core.PREFIX}"
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="pyproperf-http",
+            daemon=True,
+        )
+        self._stop_lock = threading.Lock()
+        self._stopped = False
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, end running profiles early (answered with what they have),
+        close the socket and join every thread.  Idempotent."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        httpd = self._httpd
+        httpd.stopping.set()
+        httpd.shutdown()
+        httpd.close_connections(timeout)
+        httpd.server_close()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "serving"
+        return f"<pyproperf.http.Server {self.url} {state}>"
+
+
+def serve(
+    address: str = "127.0.0.1:6060",
+    *,
+    max_seconds: int = _http_core.DEFAULT_MAX_SECONDS,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+) -> Server:
+    """Serve Go's /debug/pprof/ endpoints on ``address`` from a daemon thread.
+
+    ``address`` is ``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6); port 0 picks
+    a free port (read it from ``.port``).  An empty host (``":6060"``) means
+    127.0.0.1 -- unlike Go, where it means every interface.  Any address that
+    is not loopback is an explicit choice with risks: anyone who can reach
+    it reads the command line, source paths, function names and label
+    values, and can keep profilers running (``max_seconds`` at a time).
+    Put it behind authentication or a firewall.
+
+    ``max_seconds`` caps ``seconds`` for ``/profile`` and delta profiles
+    (400 beyond it); ``max_connections`` caps concurrent connections (503
+    beyond it).  Returns a ``Server``; ``stop()`` ends running profiles early
+    (they answer with what they have), closes the socket and joins its
+    threads.  Port of the ``http.ListenAndServe("localhost:6060", nil)`` habit.
+    """
+    host, port = parse_address(address)
+    _http_core.check_max_seconds(max_seconds)
+    if (
+        not isinstance(max_connections, int)
+        or isinstance(max_connections, bool)
+        or max_connections < 1
+    ):
+        raise ValueError(f"max_connections must be a positive int, got {max_connections!r}")
+    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    family, _, _, _, sockaddr = infos[0]
+    httpd = _PprofServer(sockaddr, family, max_seconds, max_connections)
+    return Server(httpd)

@@ -1,0 +1,463 @@
+"""Label inheritance: a new thread, task or greenlet starts with its creator's labels.
+
+Go's goroutines inherit their creator's labels; here, hooks do it for each
+way Python starts a unit of work:
+
+* ``threading.Thread``: the labels active at ``start()``, for the thread's life;
+* ``concurrent.futures`` executors: the labels active at ``submit()``;
+* asyncio's ``BaseEventLoop.create_task``: the task's context copy has them
+  already; its root coroutine frame is registered for the sampler;
+* gevent's spawn callbacks: the labels active at ``start()``/``spawn()``;
+* a greenlet switch tracer, in programs without gevent: a fresh plain
+  greenlet takes the labels of the greenlet that first switches into it.
+
+A unit that inherited labels has them registered on its root frame in
+``frame_labels`` (a plain greenlet: in ``_unit_labels`` instead).  The hooks
+go in the first time a label set is made (``_labels_state._on_first_set``),
+or when the module concerned is imported later (a post-import finder on
+``sys.meta_path``): ``import pyproperf`` imports none of these modules.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Callable
+from types import FrameType, ModuleType
+from typing import Any
+
+from pyproperf import _labels_state
+from pyproperf._labels_state import (
+    LabelSet,
+    _current,
+    _get,
+    _getframe,
+    _merge,
+    _set,
+)
+
+__all__: list[str] = []
+
+# Not from-imported: see _labels_state.frame_labels.
+frame_labels = _labels_state.frame_labels
+_unit_labels = _labels_state._unit_labels
+
+_HOOK_MARK = "__pyproperf_hook__"
+# Where a Thread (in its __dict__) or a greenlet keeps the labels it started with.
+_LABELS_ATTR = "_pyproperf_labels"
+_MISSING: Any = object()
+
+
+def _real_get_ident() -> Callable[[], int]:
+    """The OS thread's ident, even when gevent has monkey-patched ``_thread``."""
+    import _thread
+
+    get_ident = _thread.get_ident
+    if getattr(get_ident, "__module__", "").startswith("gevent"):  # pragma: no cover
+        monkey = sys.modules.get("gevent.monkey")
+        if monkey is not None:
+            get_ident = monkey.get_original("_thread", "get_ident")
+    return get_ident
+
+
+_get_ident = _real_get_ident()
+
+
+# --- activation ---------------------------------------------------------------------------
+
+_activate_lock = threading.Lock()
+
+
+def _activate() -> None:
+    """Install the inheritance hooks: now for loaded modules, at import for the others."""
+    with _activate_lock:
+        if _labels_state._on_first_set is None:
+            return
+        _labels_state._on_first_set = None
+        _hook_threading()
+        pending = {}
+        for name, hook in _IMPORT_HOOKS.items():
+            module = sys.modules.get(name)
+            if module is not None and getattr(module, "__spec__", None) is not None:
+                _run_hook(hook, module)
+            else:
+                pending[name] = hook
+        if pending:
+            _finder.pending.update(pending)
+            sys.meta_path.insert(0, _finder)
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _run_hook(hook: Callable[[ModuleType], None], module: ModuleType) -> None:
+    """Run one import hook; a module we cannot patch costs inheritance, never the import."""
+    try:
+        hook(module)
+    except Exception as exc:  # pragma: no cover - a changed third-party module
+        warnings.warn(
+            f"pyproperf: label inheritance unavailable for {module.__name__}: {exc!r}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _after_fork_in_child() -> None:
+    """Forget the per-thread state of threads that do not exist in the child."""
+    me = _get_ident()
+    for d in (_unit_labels, _traced):
+        for ident in [i for i in d if i != me]:
+            d.pop(ident, None)
+
+
+class _HookedLoader:
+    """Delegates to the real loader, then runs a hook on the fresh module."""
+
+    def __init__(self, loader: Any, hook: Callable[[ModuleType], None]) -> None:
+        self.loader = loader
+        self.hook = hook
+
+    def create_module(self, spec: Any) -> ModuleType | None:
+        return self.loader.create_module(spec)  # type: ignore[no-any-return]
+
+    def exec_module(self, module: ModuleType) -> None:
+        # Put the real loader back first: the module never sees this one.
+        module.__loader__ = self.loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        _run_hook(self.hook, module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+
+class _PostImportFinder:
+    """Runs a hook right after a watched module is imported; leaves meta_path when done."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Callable[[ModuleType], None]] = {}
+        self._busy = threading.local()
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        hook = self.pending.get(fullname)
+        if hook is None or getattr(self._busy, "name", None) == fullname:
+            return None
+        self._busy.name = fullname
+        try:
+            for finder in list(sys.meta_path):
+                if finder is self:
+                    continue
+                find = getattr(finder, "find_spec", None)
+                spec = find(fullname, path, target) if find is not None else None
+                if spec is not None:
+                    break
+            else:
+                return None
+        finally:
+            self._busy.name = None
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        del self.pending[fullname]
+        if not self.pending:
+            try:
+                sys.meta_path.remove(self)
+            except ValueError:  # pragma: no cover
+                pass
+        spec.loader = _HookedLoader(spec.loader, hook)
+        return spec
+
+
+_finder = _PostImportFinder()
+
+
+# --- threading.Thread: the thread carries the labels active at start() for its life,
+# registered on the bootstrap frame at the root of its stack.
+
+_boot_code: Any = None  # code of bootstrap_with_labels, the root frame of a hooked thread
+
+
+def _hook_threading() -> None:
+    """Patch ``Thread.start`` (remember the labels) and ``_bootstrap_inner`` (apply them)."""
+    global _boot_code
+    cls = threading.Thread
+    if getattr(cls.start, _HOOK_MARK, False):
+        return
+    start = cls.start
+    bootstrap_inner = cls._bootstrap_inner  # type: ignore[attr-defined]
+
+    @functools.wraps(start, updated=())
+    def start_with_labels(self: threading.Thread) -> None:
+        ls = _get()
+        if ls is not None:
+            self.__dict__[_LABELS_ATTR] = ls
+        start(self)
+
+    @functools.wraps(bootstrap_inner, updated=())
+    def bootstrap_with_labels(self: threading.Thread) -> None:
+        ls = self.__dict__.get(_LABELS_ATTR)
+        frame = _getframe()
+        if ls is not None:
+            _set(ls)
+            frame_labels[frame] = ls
+        traced = _greenlet_hooked and _ensure_tracer()
+        try:
+            bootstrap_inner(self)
+        finally:
+            frame_labels.pop(frame, None)
+            if traced:
+                ident = _get_ident()
+                _traced.pop(ident, None)
+                _unit_labels.pop(ident, None)
+
+    setattr(start_with_labels, _HOOK_MARK, True)
+    _boot_code = bootstrap_with_labels.__code__  # type: ignore[attr-defined]
+    cls.start = start_with_labels  # type: ignore[method-assign]
+    cls._bootstrap_inner = bootstrap_with_labels  # type: ignore[attr-defined]
+
+
+# --- concurrent.futures: submitted work runs with the labels active at submit().
+
+
+class _Bound:
+    """``fn`` run with a label set (picklable, for process pools)."""
+
+    __slots__ = ("fn", "labels")
+
+    def __init__(self, fn: Callable[..., Any], labels: LabelSet) -> None:
+        self.fn = fn
+        self.labels = labels
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        ls = self.labels
+        old = _get()
+        new = ls if old is None else _merge(old, ls)
+        _set(new)
+        frame = _getframe()
+        frame_labels[frame] = new
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            frame_labels.pop(frame, None)
+            _set(old)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Bound, (self.fn, self.labels))
+
+    def __getattr__(self, name: str) -> Any:
+        # Introspection (__name__, __qualname__, __code__, __self__) sees fn.
+        if name in ("fn", "labels"):
+            raise AttributeError(name)
+        return getattr(self.fn, name)
+
+    def __repr__(self) -> str:
+        return f"<{self.fn!r} with {self.labels!r}>"
+
+
+def _patch_submit(cls: type) -> None:
+    """Make ``cls.submit`` bind the active labels to the submitted callable."""
+    submit = cls.submit  # type: ignore[attr-defined]
+    if getattr(submit, _HOOK_MARK, False):
+        return
+
+    @functools.wraps(submit)
+    def submit_with_labels(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        ls = _get()
+        if ls is None:
+            return submit(self, fn, *args, **kwargs)
+        # The pool's own workers, started here, must not inherit the labels.
+        _set(None)
+        try:
+            return submit(self, _Bound(fn, ls), *args, **kwargs)
+        finally:
+            _set(ls)
+
+    setattr(submit_with_labels, _HOOK_MARK, True)
+    cls.submit = submit_with_labels  # type: ignore[attr-defined]
+
+
+def _hook_thread_pool(module: ModuleType) -> None:
+    _patch_submit(module.ThreadPoolExecutor)
+
+
+def _hook_process_pool(module: ModuleType) -> None:
+    _patch_submit(module.ProcessPoolExecutor)
+
+
+# --- asyncio: a task created in a labelled region carries the labels (its context
+# copy has them; its root coroutine frame is registered for the sampler).
+
+
+def _hook_asyncio(module: ModuleType) -> None:
+    """Patch ``BaseEventLoop.create_task`` to register labelled tasks' root frames."""
+    cls = module.BaseEventLoop
+    create_task = cls.create_task
+    if getattr(create_task, _HOOK_MARK, False):
+        return
+
+    @functools.wraps(create_task)
+    def create_task_with_labels(self: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
+        context = kwargs.get("context")
+        ls = _get() if context is None else context.get(_current)
+        task = create_task(self, coro, *args, **kwargs)
+        if ls is not None:
+            _register_task(task, ls)
+        return task
+
+    setattr(create_task_with_labels, _HOOK_MARK, True)
+    cls.create_task = create_task_with_labels
+
+
+def _register_task(task: Any, ls: LabelSet) -> None:
+    """Register ``task``'s root frame with ``ls`` until the task is done."""
+    if task.done():
+        return
+    root = _task_root(task)
+    if root is None or root in frame_labels:
+        return
+    frame_labels[root] = ls
+    task.add_done_callback(functools.partial(_forget_frame, root))
+
+
+def _coro_frame(coro: Any) -> Any:
+    """The frame of a coroutine or generator-based coroutine (None once finished)."""
+    return getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+
+
+def _task_root(task: Any) -> FrameType | None:
+    """The frame of the task's own coroutine: the root of its stack."""
+    frame = _coro_frame(task.get_coro())
+    return frame if isinstance(frame, FrameType) else None
+
+
+def _forget_frame(frame: FrameType, _task: object = None) -> None:
+    """Drop ``frame``'s registration (a task done-callback, hence the second argument)."""
+    frame_labels.pop(frame, None)
+
+
+# --- greenlet.  gevent (a spawn callback): a greenlet carries the labels active at
+# start()/spawn(), registered on its first frame.  Plain greenlets have no
+# creation hook: a per-thread switch tracer gives a fresh greenlet the labels
+# of the greenlet that first switches into it, and publishes the running
+# greenlet's as ``_unit_labels``.  A Python tracer costs every switch (even a
+# no-op one slows gevent.sleep(0) by a third), so it runs only in programs
+# without gevent, where plain greenlets are what there is.
+
+_greenlet_hooked = False
+_traced: dict[int, Any] = {}  # thread ident -> the tracer ours replaced
+
+
+def _hook_greenlet(module: ModuleType) -> None:
+    """greenlet was imported: the switch tracer goes into this thread and new threads."""
+    global _greenlet_hooked
+    if not hasattr(module, "settrace"):  # pragma: no cover
+        return
+    _greenlet_hooked = True
+    _ensure_tracer()
+
+
+def _ensure_tracer(force: bool = False) -> bool:
+    """Install the switch tracer in this thread (once); whether it is installed."""
+    ident = _get_ident()
+    if ident in _traced:
+        return True
+    greenlet = sys.modules.get("greenlet")
+    if greenlet is None or not hasattr(greenlet, "settrace"):
+        return False
+    if "gevent" in sys.modules and not force:
+        return False
+    main = greenlet.getcurrent()
+    while main.parent is not None:
+        main = main.parent
+    prev = greenlet.gettrace()
+    _traced[ident] = prev
+    greenlet.settrace(_make_tracer(prev, ident, main))
+    return True
+
+
+def _remove_tracer() -> None:
+    """Take our tracer out of this thread, if it is the one in place."""
+    ident = _get_ident()
+    greenlet = sys.modules.get("greenlet")
+    if ident not in _traced or greenlet is None:
+        return
+    current = greenlet.gettrace()
+    if getattr(current, _HOOK_MARK, False):
+        greenlet.settrace(_traced.pop(ident))
+        _unit_labels.pop(ident, None)
+
+
+def _make_tracer(prev: Any, ident: int, main: Any) -> Callable[[str, Any], Any]:
+    """Thread ``ident``'s switch tracer: publish the target's labels, then chain ``prev``."""
+    unit = _unit_labels
+    attr = _LABELS_ATTR
+    missing = _MISSING
+
+    def on_switch(event: str, args: Any) -> Any:
+        target = args[1]
+        if target is main:
+            unit.pop(ident, None)
+        else:
+            ls = target.__dict__.get(attr, missing)
+            if ls is missing:
+                ls = _first_switch(args[0], target)
+            if ls is None:
+                unit.pop(ident, None)
+            else:
+                unit[ident] = ls
+        if prev is not None:
+            return prev(event, args)
+        return None
+
+    setattr(on_switch, _HOOK_MARK, True)
+    return on_switch
+
+
+def _first_switch(origin: Any, target: Any) -> LabelSet | None:
+    """Labels of a greenlet seen for the first time: inherited if it is just starting."""
+    ls = None
+    try:
+        # On its very first switch a greenlet has no Python frame yet: the
+        # tracer's caller frame is then None.
+        if _getframe(1).f_back is None and not _is_hub(target):
+            ctx = origin.gr_context
+            ls = ctx.get(_current) if ctx is not None else None
+            if ls is not None:
+                _set(ls)  # the tracer runs in the target greenlet's context
+        target.__dict__[_LABELS_ATTR] = ls
+    except Exception:  # pragma: no cover - a greenlet we cannot inspect
+        return None
+    return ls
+
+
+def _is_hub(g: Any) -> bool:
+    """Whether ``g`` is a gevent hub (it never inherits labels)."""
+    hub = sys.modules.get("gevent.hub")
+    return hub is not None and isinstance(g, hub.Hub)
+
+
+def _hook_gevent(module: ModuleType) -> None:
+    """gevent was imported: label spawned greenlets; take this thread's tracer out."""
+    module.Greenlet.add_spawn_callback(_on_gevent_spawn)
+    _remove_tracer()
+
+
+def _on_gevent_spawn(g: Any) -> None:
+    """At ``start()``, in the spawning greenlet: wrap the function with the active labels."""
+    ls = _get()
+    g.__dict__[_LABELS_ATTR] = ls
+    if ls is not None:
+        g._run = _Bound(g._run, ls)
+
+
+_IMPORT_HOOKS: dict[str, Callable[[ModuleType], None]] = {
+    "asyncio.base_events": _hook_asyncio,
+    "concurrent.futures.thread": _hook_thread_pool,
+    "concurrent.futures.process": _hook_process_pool,
+    "greenlet": _hook_greenlet,
+    "gevent.greenlet": _hook_gevent,
+}
+
+# The first label set made after this (EMPTY exists already) installs the hooks.
+_labels_state._on_first_set = _activate
