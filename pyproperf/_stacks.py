@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import os
 import sys
+import weakref
 from collections.abc import Iterator
 from types import CodeType, FrameType, ModuleType
 
@@ -127,7 +128,6 @@ class Resolver:
         self._functions: dict[CodeType, tuple[str, str, int]] = {}
         self._lines: dict[CodeType, tuple[list[int], list[tuple[int, int]]]] = {}
         self._frames: dict[tuple[CodeType, int], Frame] = {}
-        self._qualnames_310: dict[CodeType, str] | None = None
         self._ids: dict[int, int] = {}
         self._ids_builder: ProfileBuilder | None = None
 
@@ -229,10 +229,24 @@ class Resolver:
         return name
 
     def _qualname_310(self, code: CodeType) -> str:
-        """Python 3.10 has no ``co_qualname``: find it through the module's functions."""
-        if self._qualnames_310 is None:
-            self._qualnames_310 = _collect_qualnames()
-        return self._qualnames_310.get(code, code.co_name)
+        """Python 3.10 has no ``co_qualname``: find it through the modules' functions.
+
+        The map is shared by every profile written and rebuilt only when
+        modules were imported since; it holds code objects weakly.
+        """
+        global _qualnames_modules
+        qual = _qualnames_310.get(code)
+        if qual is None and len(sys.modules) != _qualnames_modules:
+            _qualnames_modules = len(sys.modules)
+            _qualnames_310.update(_collect_qualnames())
+            qual = _qualnames_310.get(code)
+        return qual or code.co_name
+
+
+# Python 3.10: code -> qualified name, for every code reachable from loaded
+# modules; rescanned when the number of loaded modules changes.
+_qualnames_310: weakref.WeakKeyDictionary[CodeType, str] = weakref.WeakKeyDictionary()
+_qualnames_modules = -1
 
 
 def _line_table(code: CodeType) -> tuple[list[int], list[tuple[int, int]]]:
