@@ -9,10 +9,11 @@ and pass to threads, greenlets and tasks spawned under them.
 
 from __future__ import annotations
 
-# --- CPU (issue 2) ---
+# Issue areas: CPU (_cpu), labels (_labels), registry and goroutine
+# (_registry), memory (_heap), block and mutex (_contention).
+from pyproperf._contention import set_block_profile_rate, set_mutex_profile_fraction
 from pyproperf._cpu import cpu_profile, flush, start_cpu_profile, stop_cpu_profile
-
-# --- labels (issue 3) ---
+from pyproperf._heap import heap_profile, start_heap_profile, stop_heap_profile
 from pyproperf._labels import (
     LabelContext,
     LabelSet,
@@ -24,17 +25,9 @@ from pyproperf._labels import (
     set_goroutine_labels,
     with_labels,
 )
-
-# --- registry, goroutine, threadcreate (issue 4) ---
 from pyproperf._registry import Profile, lookup, new_profile, profiles, write_heap_profile
 
-# --- block and mutex (issue 6) ---
-from pyproperf._contention import set_block_profile_rate, set_mutex_profile_fraction
-
-# --- memory (issue 5) ---
-from pyproperf._heap import heap_profile, start_heap_profile, stop_heap_profile
-
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped by area, as the docs are
     # --- CPU ---
     "cpu_profile",
     "flush",

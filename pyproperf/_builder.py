@@ -10,6 +10,7 @@ generated protobuf code.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import time
@@ -21,7 +22,15 @@ from google.protobuf.message import DecodeError
 
 from pyproperf._pb import profile_pb2 as pb
 
-__all__ = ["Frame", "ProfileBuilder", "decode", "gzip_bytes", "merge_profiles"]
+__all__ = [
+    "Frame",
+    "ProfileBuilder",
+    "address_of",
+    "decode",
+    "frame_offset",
+    "gzip_bytes",
+    "merge_profiles",
+]
 
 
 class Frame(NamedTuple):
@@ -42,6 +51,35 @@ class Frame(NamedTuple):
 # (key, value) string labels and (key, value, unit) numeric labels.
 StrLabels = Iterable[tuple[str, str]]
 NumLabels = Iterable[tuple[str, int, str]]
+
+
+# Synthetic addresses.  Python frames have no program counter, but readers
+# key locations by address (Grafana Alloy's delta computation, pprof's
+# -addresses), and Go's text formats print PCs.  A function's entry is a
+# 31-bit hash of (file, first line, name) shifted left by 20 bits; a frame's
+# PC adds (line - first line) << 8 | column.  Equal frames get equal
+# addresses in every process; different ones almost surely differ.
+_ENTRY_BIT = 0x80000000
+_ENTRY_SHIFT = 20
+# The pseudo mapping covers every synthetic address.
+_MAPPING_LIMIT = 1 << 52
+
+
+@functools.lru_cache(maxsize=8192)
+def _entry(function: str, filename: str, start_line: int) -> int:
+    seed = f"{filename}\0{start_line}\0{function}".encode("utf-8", "surrogatepass")
+    return (_ENTRY_BIT | (zlib.crc32(seed) & 0x7FFFFFFF)) << _ENTRY_SHIFT
+
+
+def frame_offset(frame: Frame) -> int:
+    """A frame's synthetic offset from its function's entry: lines and column."""
+    lines = min(max(frame.line - frame.start_line, 0), 0xFFF)
+    return lines << 8 | min(max(frame.column, 0), 0xFF)
+
+
+def address_of(frame: Frame) -> int:
+    """The synthetic PC of ``frame``: its function's entry plus its offset."""
+    return _entry(frame.function, frame.filename, frame.start_line) + frame_offset(frame)
 
 
 def gzip_bytes(data: bytes) -> bytes:
@@ -92,7 +130,13 @@ class ProfileBuilder:
             p.comment.append(self.string(text))
         # One pseudo mapping: every location is already symbolized, so pprof
         # neither symbolizes nor warns about a missing binary.
-        p.mapping.add(id=1, has_functions=True, has_filenames=True, has_line_numbers=True)
+        p.mapping.add(
+            id=1,
+            memory_limit=_MAPPING_LIMIT,
+            has_functions=True,
+            has_filenames=True,
+            has_line_numbers=True,
+        )
 
     def string(self, s: str) -> int:
         """Return the string-table index of ``s``, adding it on first use."""
@@ -122,7 +166,7 @@ class ProfileBuilder:
         if lid is None:
             fid = self._function_id(frame.function, frame.filename, frame.start_line)
             lid = self._locations[frame] = len(self._locations) + 1
-            loc = self._profile.location.add(id=lid, mapping_id=1)
+            loc = self._profile.location.add(id=lid, mapping_id=1, address=address_of(frame))
             loc.line.add(function_id=fid, line=frame.line, column=frame.column)
         return lid
 

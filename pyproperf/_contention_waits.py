@@ -133,7 +133,7 @@ def install_threading() -> None:
                 threading.Event, threading.Barrier, queue.Queue):
         _skip_class(cls)
     for name in ("join", "_wait_for_tstate_lock"):
-        fn = threading.Thread.__dict__.get(name)
+        fn = getattr(threading.Thread, name, None)
         if isinstance(fn, FunctionType):
             _st.skip_codes.add(fn.__code__)
 

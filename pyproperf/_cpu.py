@@ -21,7 +21,15 @@ from typing import IO, Any, TypeVar, cast
 from pyproperf import _io
 from pyproperf._sampler import CLOCKS, MAX_HZ, Collector, engine
 
-__all__ = ["CPUProfile", "cpu_profile", "flush", "start_cpu_profile", "stop_cpu_profile"]
+__all__ = [
+    "CPUProfile",
+    "cpu_profile",
+    "flush",
+    "start_cpu_profile",
+    "start_owned_cpu_profile",
+    "stop_cpu_profile",
+    "stop_owned_cpu_profile",
+]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -63,6 +71,18 @@ def start_cpu_profile(
     Raises ``RuntimeError("cpu profiling already in use")`` while another
     ``start_cpu_profile`` runs (``cpu_profile`` sections may run alongside).
     """
+    start_owned_cpu_profile(w, hz=hz, clock=clock)
+
+
+def start_owned_cpu_profile(
+    w: IO[bytes] | _io.BinaryWriter, *, hz: int = 100, clock: str = "cpu"
+) -> object:
+    """``start_cpu_profile`` that returns a token for ``stop_owned_cpu_profile``.
+
+    For code that takes Go's one CPU-profile slot on someone's behalf (the
+    HTTP ``/profile`` endpoint): stopping with the token never stops a
+    profile somebody else started in the meantime.
+    """
     global _go_profile
     hz, clock = _check_options(hz, clock)
     _io.check_writer(w)
@@ -72,6 +92,7 @@ def start_cpu_profile(
         collector = Collector(hz, clock)
         engine.add(collector)
         _go_profile = (collector, w)
+    return collector
 
 
 def stop_cpu_profile() -> None:
@@ -81,14 +102,20 @@ def stop_cpu_profile() -> None:
     written and flushed.  ``w`` is left open.  The previous SIGPROF handler
     and interval timer are restored when no other section still samples.
     """
+    stop_owned_cpu_profile(None)
+
+
+def stop_owned_cpu_profile(token: object | None) -> bool:
+    """Stop and write the running profile if ``token`` started it (any, for None)."""
     global _go_profile
     with _go_lock:
-        if _go_profile is None:
-            return
+        if _go_profile is None or (token is not None and _go_profile[0] is not token):
+            return False
         collector, w = _go_profile
         _go_profile = None
         engine.remove(collector)
     _io.write_all(w, collector.build())
+    return True
 
 
 class CPUProfile:

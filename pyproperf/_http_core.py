@@ -409,10 +409,11 @@ class CPUJob:
         self.clock = clock
         self._buf = io.BytesIO()
         self._running = False
+        self._token: object = None
 
     def start(self) -> Response | None:
         try:
-            _cpu.start_cpu_profile(self._buf, hz=self.hz, clock=self.clock)
+            self._token = _cpu.start_owned_cpu_profile(self._buf, hz=self.hz, clock=self.clock)
         except RuntimeError as exc:
             return error(500, f"Could not enable CPU profiling: {exc}")
         except Exception:
@@ -424,7 +425,7 @@ class CPUJob:
     def _stop(self) -> None:
         if self._running:
             self._running = False
-            _cpu.stop_cpu_profile()
+            _cpu.stop_owned_cpu_profile(self._token)
 
     def finish(self) -> Response:
         try:

@@ -522,9 +522,13 @@ class _Engine:
             if ident == helper:
                 continue
             st = states.get(ident)
-            if st is not None and st.thread is not None and active is not None:
-                if active.get(ident, st.thread) is not st.thread:
-                    st = None  # the ident was reused by a new thread
+            if (
+                st is not None
+                and st.thread is not None
+                and active is not None
+                and active.get(ident, st.thread) is not st.thread
+            ):
+                st = None  # the ident was reused by a new thread
             if st is None:
                 thread = active.get(ident) if active is not None else None
                 st = self._new_state(thread, self._last_tick)

@@ -305,16 +305,16 @@ def _collect_qualnames() -> dict[CodeType, str]:
 
     def visit_namespace(ns: dict[str, object], depth: int) -> None:
         for obj in list(ns.values()):
-            func = getattr(obj, "__func__", obj)
-            code = getattr(func, "__code__", None)
-            qual = getattr(func, "__qualname__", None)
-            if isinstance(code, CodeType) and isinstance(qual, str):
-                visit_code(code, qual)
-            elif isinstance(obj, type) and depth < 4:
-                try:
+            try:  # module globals include proxies whose attributes raise
+                func = getattr(obj, "__func__", obj)
+                code = getattr(func, "__code__", None)
+                qual = getattr(func, "__qualname__", None)
+                if isinstance(code, CodeType) and isinstance(qual, str):
+                    visit_code(code, qual)
+                elif isinstance(obj, type) and depth < 4:
                     visit_namespace(dict(vars(obj)), depth + 1)
-                except TypeError:
-                    pass
+            except Exception:
+                continue
 
     for module in list(sys.modules.values()):
         if isinstance(module, ModuleType):

@@ -22,13 +22,11 @@ differ (a clash only makes two lines show the same number).
 
 from __future__ import annotations
 
-import functools
 import re
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pyproperf._builder import Frame, ProfileBuilder
+from pyproperf._builder import Frame, ProfileBuilder, address_of, frame_offset
 
 __all__ = [
     "CountGroup",
@@ -224,26 +222,6 @@ def tabwrite(text: str | Iterable[str]) -> str:
 
 # -- synthetic addresses and frame lines -----------------------------------------
 
-_ENTRY_BIT = 0x80000000
-_ENTRY_SHIFT = 20
-
-
-@functools.lru_cache(maxsize=8192)
-def _entry(function: str, filename: str, start_line: int) -> int:
-    seed = f"{filename}\0{start_line}\0{function}".encode("utf-8", "surrogatepass")
-    return (_ENTRY_BIT | (zlib.crc32(seed) & 0x7FFFFFFF)) << _ENTRY_SHIFT
-
-
-def _offset(frame: Frame) -> int:
-    lines = min(max(frame.line - frame.start_line, 0), 0xFFF)
-    return lines << 8 | min(max(frame.column, 0), 0xFF)
-
-
-def address_of(frame: Frame) -> int:
-    """The synthetic PC of ``frame``: its function's entry plus its offset (module doc)."""
-    return _entry(frame.function, frame.filename, frame.start_line) + _offset(frame)
-
-
 def return_address(frame: Frame) -> int:
     """``address_of(frame) + 1``: what Go's stack lists (``N @ 0x…``) print."""
     return address_of(frame) + 1
@@ -259,7 +237,7 @@ def format_frame(frame: Frame) -> str:
     pc = address_of(frame)
     if not frame.function:
         return f"#\t{pc:#x}"
-    return f"#\t{pc:#x}\t{frame.function}+{_offset(frame):#x}\t{frame.filename}:{frame.line}"
+    return f"#\t{pc:#x}\t{frame.function}+{frame_offset(frame):#x}\t{frame.filename}:{frame.line}"
 
 
 def format_frames(stack: Sequence[Frame]) -> list[str]:
@@ -366,7 +344,7 @@ def traceback_header(goid: int, state: str, labels: LabelPairs | None = None) ->
 
 def _traceback_offset(frame: Frame) -> str:
     # Go prints the return address's offset (one more than the debug=1 one).
-    return f" +{_offset(frame) + 1:#x}"
+    return f" +{frame_offset(frame) + 1:#x}"
 
 
 def traceback_frames(stack: Sequence[Frame]) -> list[str]:

@@ -123,3 +123,32 @@ def test_generated_module_is_current() -> None:
     assert regen_pb.MODULE.read_text() == regen_pb.render(), (
         "pyproperf/_pb/profile_pb2.py is stale: run python -m tests.tools.regen_pb"
     )
+
+
+def test_locations_have_distinct_stable_addresses() -> None:
+    """Readers that key locations by address (Alloy's deltas, -addresses) tell them apart."""
+    p = load(build().to_gzip())
+    addresses = [loc.address for loc in p.location]
+    assert all(addresses) and len(set(addresses)) == len(addresses)
+    assert all(a < p.mapping[0].memory_limit for a in addresses)
+    assert addresses == [loc.address for loc in load(build().to_gzip()).location]
+
+
+def test_qualname_scan_survives_hostile_globals() -> None:
+    """Module globals whose attribute access raises (werkzeug's LocalProxy) are skipped."""
+    from pyproperf import _stacks
+
+    class Hostile:
+        def __getattr__(self, name: str) -> object:
+            raise RuntimeError("working outside of application context")
+
+    mod = types.ModuleType("hostile_globals_for_test")
+    mod.proxy = Hostile()  # type: ignore[attr-defined]
+    sys.modules[mod.__name__] = mod
+    try:
+        names = _stacks._collect_qualnames()
+        assert names[test_qualname_scan_survives_hostile_globals.__code__].endswith(
+            "test_qualname_scan_survives_hostile_globals"
+        )
+    finally:
+        del sys.modules[mod.__name__]

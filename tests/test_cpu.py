@@ -477,3 +477,20 @@ def test_pyproperf_threads_are_not_sampled(tmp_path: Path) -> None:
     path, _ = profile_of(work, tmp_path)
     rows = top_by_name(path)
     assert f"{M}.worker_b" in rows and f"{M}.worker_a" not in rows
+
+
+def test_owned_stop_never_stops_someone_elses_profile() -> None:
+    """The HTTP endpoint stops only the profile it started (a token from the start)."""
+    from pyproperf import _cpu
+
+    token = _cpu.start_owned_cpu_profile(io.BytesIO())
+    pyproperf.stop_cpu_profile()  # user code stops it...
+    mine = io.BytesIO()
+    pyproperf.start_cpu_profile(mine)  # ...and starts its own
+    try:
+        assert _cpu.stop_owned_cpu_profile(token) is False
+        with pytest.raises(RuntimeError, match="already in use"):
+            pyproperf.start_cpu_profile(io.BytesIO())
+    finally:
+        pyproperf.stop_cpu_profile()
+    assert mine.getvalue()[:2] == b"\x1f\x8b"

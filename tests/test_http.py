@@ -1292,11 +1292,6 @@ def test_alloy_default_scrape_set(served_process: int, tmp_path: Path) -> None:
     assert "__main__.burn_cpu_in_hog" in top_names(top)[:3], top
 
 
-@pytest.mark.xfail(
-    reason="builder writes address 0 for every location; Alloy's fastdelta keys "
-    "samples by location addresses (reported to the lead)",
-    strict=False,
-)
 def test_alloy_delta_keys_tell_stacks_apart() -> None:
     """Alloy's fastdelta identifies a sample by its location addresses plus labels.
 

@@ -1,1 +1,1 @@
-"""Benchmarks: ``python -m tests.benchmarks [NAME ...] [--quick]`` runs them (not part of pytest)."""
+"""Benchmarks, not part of pytest: ``python -m tests.benchmarks [NAME ...] [--quick]``."""
