@@ -59,9 +59,10 @@ __all__ = [
 # Frames kept per traceback when pyproperf starts tracemalloc (a tracemalloc
 # already running keeps its own).  tracemalloc's cost per allocation grows
 # with the depth; measured on an allocation-heavy loop 50 frames deep
-# (tests/benchmarks/bench_heap.py): 18x the untraced time with 1 frame, 37x
-# with 8, 56x with 16, 96x with 32.  16 keeps a library's internals plus the
-# application code that called them in most stacks, at 1.5x the cost of 8.
+# (tests/benchmarks/bench_heap.py, Python 3.11 / 3.13): 19x / 16x the
+# untraced CPU time with 1 frame, 32x / 29x with 8, 52x / 45x with 16,
+# 91x / 74x with 32.  16 keeps a library's internals plus the application
+# code that called them in most stacks, at about 1.6x the cost of 8.
 DEFAULT_NFRAMES = 16
 _MAX_NFRAMES = 65535  # tracemalloc's limit (uint16)
 
@@ -70,12 +71,12 @@ _MAX_NFRAMES = 65535  # tracemalloc's limit (uint16)
 ENV_FILE = "PYPROPERF_HEAP"
 ENV_NFRAMES = "PYPROPERF_HEAP_NFRAMES"
 
-# Periodic snapshots (alloc_*): the helper thread sleeps at least
-# _MIN_INTERVAL seconds and at least (the wall time of its last snapshot) /
-# _BUDGET, so snapshots take at most about 2% of the time whatever the heap
-# size.  The floor bounds the fixed cost of each wake-up: handing the GIL
-# to the helper thread and back costs the program milliseconds on a busy
-# machine, more than a small snapshot itself.
+# Periodic snapshots (alloc_*): the helper thread waits at least
+# _MIN_INTERVAL seconds and at least (the expected wall time of the next
+# snapshot) / _BUDGET, so snapshots take about 2% of the time whatever the
+# heap size.  The floor bounds the fixed cost of each wake-up: handing the
+# GIL to the helper thread and back costs the program milliseconds on a
+# busy machine, more than a small snapshot itself.
 _BUDGET = 0.02
 _MIN_INTERVAL = 0.5
 
@@ -176,21 +177,45 @@ class _Accumulator:
 class _Sampler(threading.Thread):
     """Takes snapshots into the session's accumulator until stopped."""
 
-    def __init__(self) -> None:
+    def __init__(self, fresh: bool) -> None:
         super().__init__(name="pyproperf-heap", daemon=True)
         self._stop_event = threading.Event()
+        self._fresh = fresh  # tracemalloc was started with the session: a small heap
         self.interval = _MIN_INTERVAL
         self.error = ""
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            t0 = time.perf_counter()
+        # A snapshot costs about ``per_block`` seconds per live block.  Before
+        # each one, the number of live blocks is estimated -- the last
+        # snapshot's count plus the change in the interpreter's allocated
+        # blocks since -- so that a heap that grew large does not get an
+        # expensive snapshot before its time.
+        per_block = 1e-6  # seconds, until measured
+        allocated = sys.getallocatedblocks()
+        # A tracemalloc started with the session has traced nothing yet;
+        # otherwise count every block as traced until the first snapshot.
+        blocks = 0 if self._fresh else allocated
+        last = time.perf_counter()
+        wait = self.interval
+        while not self._stop_event.wait(wait):
+            now = time.perf_counter()
+            estimate = per_block * max(0, blocks + sys.getallocatedblocks() - allocated)
+            due = last + max(_MIN_INTERVAL, estimate / _BUDGET)
+            if now < due:
+                wait = due - now
+                continue
             try:
-                _observe(records=False)
+                data = _observe(records=False)
             except Exception as exc:  # never let the thread die silently
                 self.error = f"after an error: {type(exc).__name__}: {exc}"
                 return
-            self.interval = max(_MIN_INTERVAL, (time.perf_counter() - t0) / _BUDGET)
+            last = time.perf_counter()
+            cost = last - now
+            allocated = sys.getallocatedblocks()
+            blocks = data.blocks
+            if blocks:
+                per_block = cost / blocks
+            wait = self.interval = max(_MIN_INTERVAL, cost / _BUDGET)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -265,19 +290,20 @@ def start_heap_profile(nframes: int = DEFAULT_NFRAMES) -> None:
     global _depth, _owns_tracemalloc, _acc
     nframes = _check_nframes(nframes)
     with _state_lock:
-        if not _tracemalloc.is_tracing():
+        fresh = not _tracemalloc.is_tracing()
+        if fresh:
             _tracemalloc.start(nframes)
             _owns_tracemalloc = True
         _depth += 1
         if _depth == 1:
             with _data_lock:
                 _acc = _Accumulator()
-            _start_sampler()
+            _start_sampler(fresh)
 
 
-def _start_sampler() -> None:
+def _start_sampler(fresh: bool = False) -> None:
     global _sampler
-    sampler = _Sampler()
+    sampler = _Sampler(fresh)
     sampler.start()
     _sampler = sampler
 
@@ -391,7 +417,7 @@ _Candidates = tuple[_Candidate, ...]
 class _Node:
     """One code object in a module's tree, with its line set and children made on demand."""
 
-    __slots__ = ("_children", "_firsts", "_lines", "code", "depth", "qual")
+    __slots__ = ("_candidate", "_children", "_firsts", "_lines", "code", "depth", "qual")
 
     def __init__(self, code: CodeType | None, qual: str, depth: int) -> None:
         self.code = code  # None: the root of live functions (no module code known)
@@ -400,6 +426,7 @@ class _Node:
         self._lines: frozenset[int] | None = None
         self._children: list[_Node] | None = None
         self._firsts: list[int] = []
+        self._candidate: _Candidate | None = None
 
     def lines(self) -> frozenset[int]:
         """Lines with instructions of this code (not of nested code)."""
@@ -441,10 +468,12 @@ class _Node:
         return self.code.co_firstlineno if self.code is not None else 0
 
     def candidate(self) -> _Candidate:
-        code = self.code
-        assert code is not None
-        names = code.co_names + code.co_varnames + code.co_cellvars + code.co_freevars
-        return (self.qual, code.co_firstlineno, names)
+        if self._candidate is None:
+            code = self.code
+            assert code is not None
+            names = code.co_names + code.co_varnames + code.co_cellvars + code.co_freevars
+            self._candidate = (self.qual, code.co_firstlineno, names)
+        return self._candidate
 
     def find(self, line: int, root: bool = False) -> list[_Node]:
         """The code objects of this subtree with instructions on ``line``, innermost first.
@@ -750,7 +779,7 @@ class _Stacks(NamedTuple):
     stacks: list[list[int]]  # per site: indexes into frames, leaf first
 
 
-def _stacks(sites: Iterable[tuple[Site, bool]], resolver: Resolver) -> _Stacks:
+def _resolve_stacks(sites: Iterable[tuple[Site, bool]], resolver: Resolver) -> _Stacks:
     """Resolve each site's traceback to frames, leaf first.
 
     pyproperf's own frames are dropped where they wrap user code
@@ -916,7 +945,7 @@ def render(name: str, debug: int) -> bytes:
                 "turn heap profiling on with pyproperf.start_heap_profile() or "
                 f"pyproperf.heap_profile(), or set {ENV_FILE}=FILE"
             )
-        stacks = _stacks(((r[0], r[5]) for r in data.records), Resolver())
+        stacks = _resolve_stacks(((r[0], r[5]) for r in data.records), Resolver())
         if debug > 0:
             return _text_profile(data, stacks).encode("utf-8", "surrogateescape")
         return _proto_profile(name, data, stacks)

@@ -180,9 +180,7 @@ def test_function_names_and_first_lines(tmp_path: Path, session: None) -> None:
     del keep
 
 
-def test_allocs_counts_buffers_freed_during_the_run(
-    tmp_path: Path, session: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_allocs_counts_buffers_freed_during_the_run(tmp_path: Path, session: None) -> None:
     """alloc_space is measured by snapshots: a site churning 4 MiB buffers must show up."""
 
     def check(seconds: float) -> None:

@@ -165,5 +165,5 @@ def main(quick: bool) -> None:
     print("| workload | runs | max share error (pp, pooled) | profiled / true CPU |")
     print("| --- | --- | --- | --- |")
     for name in cpu_workloads.WORKLOADS:
-        err, ratio, runs = accuracy(name, 2 if quick else 5)
+        err, ratio, runs = accuracy(name, 2 if quick else 10)
         print(f"| {name} | {runs} | {err:.2f} | {ratio:.3f} |", flush=True)
