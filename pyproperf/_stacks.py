@@ -280,6 +280,10 @@ def _module_files() -> dict[str, str]:
     out: dict[str, str] = {}
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
+        if path is None and name == "__main__":
+            # At interpreter exit (atexit writers) __main__.__file__ is gone
+            # already; its loader still knows the script.
+            path = getattr(getattr(module, "__loader__", None), "path", None)
         if not isinstance(path, str):
             continue
         if path.endswith((".pyc", ".pyo")):

@@ -152,3 +152,22 @@ def test_qualname_scan_survives_hostile_globals() -> None:
         )
     finally:
         del sys.modules[mod.__name__]
+
+
+def test_main_module_named_after_file_is_gone(tmp_path: Path) -> None:
+    """At exit Python deletes __main__.__file__; the script's functions keep their name."""
+    import subprocess
+
+    script = tmp_path / "prog.py"
+    script.write_text(
+        "import atexit, sys\n"
+        "from pyproperf._stacks import Resolver\n"
+        "def hold():\n"
+        "    pass\n"
+        "def report():\n"
+        "    print(Resolver().function(hold.__code__)[0])\n"
+        "atexit.register(report)\n"
+        "del sys.modules['__main__'].__file__\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "__main__.hold"

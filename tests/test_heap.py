@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import pyproperf
-from pyproperf import _heap
+from pyproperf import _heap, _heap_names
 from tests.pprof_tool import check_valid, load, pprof, raw, stacks, tags, top_by_name
 
 HERE = __name__  # the module name pyproperf gives functions of this file
@@ -522,9 +522,9 @@ def test_lines_resolve_to_enclosing_functions(
         keep = [mod.Outer.Inner().method(), mod.Outer.stat(), mod.decorated(), mod.make(),
                 mod.uses_genexpr()]
         if how == "compile":
-            monkeypatch.setattr(_heap, "_pyc_code", lambda path: None)
+            monkeypatch.setattr(_heap_names, "_pyc_code", lambda path: None)
         elif how == "live functions":
-            monkeypatch.setattr(_heap, "_module_code", lambda filename, resolver: None)
+            monkeypatch.setattr(_heap_names, "_module_code", lambda filename, resolver: None)
         p = load(_heap.render("heap", 0))
     finally:
         pyproperf.stop_heap_profile()

@@ -288,7 +288,8 @@ def _own_memory(quick: bool) -> None:
                 tables.append(tracemalloc.get_tracemalloc_memory())
                 if mode == "heap":
                     own = tracemalloc.take_snapshot().filter_traces(
-                        [tracemalloc.Filter(True, _heap.__file__, all_frames=True)]
+                        # _heap.py and the _heap_*.py modules it delegates to
+                        [tracemalloc.Filter(True, _heap.__file__[:-3] + "*.py", all_frames=True)]
                     )
                     held = sum(t.size for t in own.traces)
                     sites = _heap.count("heap")
