@@ -158,7 +158,8 @@ class _Engine:
         self._signals = False  # our SIGPROF handler is installed
         self._restore_pending = False  # waiting for the main thread to restore it
         self._previous_handler: Any = None
-        self._main_ident: int | None = None  # the real main thread, learnt in the handler
+        # The real main thread (gevent hides it from threading), set with our handler.
+        self._main_ident: int | None = None
         self.errors = 0  # ticks that failed (never raised into the host program)
         self._exit_hooked = False
 
@@ -258,10 +259,9 @@ class _Engine:
                 # Only the main thread may set handlers: our handler does it
                 # when it next runs there; wake it once to make that soon.
                 self._restore_pending = True
-                main = threading.main_thread().ident
-                if main is not None:
+                if self._main_ident is not None:  # set whenever our handler is
                     try:
-                        signal.pthread_kill(self._main_ident or main, signal.SIGPROF)
+                        signal.pthread_kill(self._main_ident, signal.SIGPROF)
                     except (OSError, ValueError):
                         pass
         if self._helper_running:
@@ -296,6 +296,7 @@ class _Engine:
         self._helper_running = False
         self._helper_ident = None
         self._states = {}
+        self._main_ident = real.get_ident()  # the forking thread is the child's main thread
         if self._signals or self._restore_pending:
             self._signals = False
             try:
@@ -315,8 +316,6 @@ class _Engine:
                 if not self._signals:
                     self._restore_handler()
                 return
-            if self._main_ident is None:
-                self._learn_main_ident()
             now = time.monotonic_ns()
             # ITIMER_PROF fires on kernel ticks (4 ms on a HZ=250 kernel), so
             # a 10 ms timer arrives after 8 or 12 ms: accept anything past half
@@ -367,14 +366,6 @@ class _Engine:
             return True
         period = self._period_ns
         return used < period // 4 or used >= 3 * period // 2
-
-    def _learn_main_ident(self) -> None:
-        """Find the real main-thread ident (gevent's monkey patching hides it from threading)."""
-        me = sys._getframe(1)
-        for ident, f in sys._current_frames().items():
-            if f is me or f is sys._getframe():
-                self._main_ident = ident
-                return
 
     def _run_helper(self) -> None:
         """Helper clock: tick whenever nothing else did for one period."""

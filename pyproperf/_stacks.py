@@ -14,7 +14,6 @@ import bisect
 import os
 import sys
 import weakref
-from collections.abc import Iterator
 from types import CodeType, FrameType, ModuleType
 
 from pyproperf import _labels
@@ -26,7 +25,6 @@ __all__ = [
     "Resolver",
     "StackKey",
     "capture",
-    "frames_of",
     "is_own_code",
     "stack_key",
 ]
@@ -105,12 +103,6 @@ def capture(
     if labels is None:
         labels = _labels.unit_labels(ident)
     return tuple(out), labels
-
-
-def frames_of(key: StackKey) -> Iterator[tuple[CodeType | None, int]]:
-    """Iterate (code, lasti) pairs of a stack key, leaf first."""
-    for i in range(0, len(key), 2):
-        yield key[i], key[i + 1]  # type: ignore[misc]
 
 
 class Resolver:
