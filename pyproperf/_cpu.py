@@ -171,15 +171,20 @@ class CPUProfile:
         self._function = collector
         _sections.add(self)
 
+        # The sampler runs only while a call is in progress: the first call
+        # joins the engine, later ones resume it when no call was running.
         def enter() -> None:
             with self._lock:
-                collector.active += 1
-                if collector.active == 1 and not engine.feeds(collector):
-                    engine.add(collector)
+                if collector.call_started():
+                    if engine.feeds(collector):
+                        engine.activity_changed()
+                    else:
+                        engine.add(collector)
 
         def leave() -> None:
             with self._lock:
-                collector.active -= 1
+                if collector.call_ended():
+                    engine.activity_changed()
 
         wrapper: Callable[..., Any]
         if inspect.iscoroutinefunction(func):

@@ -22,6 +22,7 @@ from pyproperf._builder import Frame, ProfileBuilder
 __all__ = [
     "MAX_DEPTH",
     "TRUNCATED",
+    "UNSEEN",
     "Resolver",
     "StackKey",
     "capture",
@@ -37,6 +38,20 @@ StackKey = tuple[object, ...]
 MAX_DEPTH = 128
 
 TRUNCATED = Frame("(truncated stack)", "", 0, 0)
+
+
+class _Unseen:
+    """Marks, in a stack key, CPU a thread used where no sample saw it (``_estimate``)."""
+
+    __slots__ = ()
+    co_filename = ""
+
+    def __repr__(self) -> str:
+        return "UNSEEN"
+
+
+UNSEEN = _Unseen()
+UNSEEN_FRAME = Frame("(ran between samples)", "", 0, 0)
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -131,6 +146,8 @@ class Resolver:
             code = key[i]
             if code is None:
                 out.append(TRUNCATED)
+            elif code is UNSEEN:
+                out.append(UNSEEN_FRAME)
             elif not (hide and is_own_code(code)):  # type: ignore[arg-type]
                 out.append(self.frame(code, key[i + 1]))  # type: ignore[arg-type]
         return out
@@ -157,9 +174,13 @@ class Resolver:
                 out.append(lid)
         return out
 
-    def _location_id(self, code: CodeType | None, lasti: int, builder: ProfileBuilder) -> int:
+    def _location_id(
+        self, code: CodeType | _Unseen | None, lasti: int, builder: ProfileBuilder
+    ) -> int:
         if code is None:
             return builder.location_id(TRUNCATED)
+        if isinstance(code, _Unseen):
+            return builder.location_id(UNSEEN_FRAME)
         if self._hide_own and is_own_code(code):
             return 0
         return builder.location_id(self.frame(code, lasti))

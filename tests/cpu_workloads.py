@@ -188,3 +188,113 @@ WORKLOADS: dict[str, Callable[[float], dict[str, float]]] = {
     "asyncio_tasks": asyncio_tasks,
     "c_calls": c_calls,
 }
+
+
+# -- programs that mix work and waiting --------------------------------------------------
+
+
+def work_step(seconds: float) -> None:
+    spin(seconds)
+
+
+def nap(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def worker_loop(rounds: int, work: float, wait: float, truth: dict[str, float]) -> None:
+    cv = threading.Condition()
+    for _ in range(rounds):
+        t0 = time.thread_time()
+        work_step(work)
+        truth["worker"] += time.thread_time() - t0
+        t0 = time.thread_time()
+        with cv:
+            cv.wait(wait)
+        truth["waits"] += time.thread_time() - t0
+
+
+def work_then_wait(scale: float) -> dict[str, float]:
+    """Main: 60 x (6 ms work, 10 ms sleep); a worker: 60 x (4 ms work, 12 ms Condition.wait).
+
+    Returns CPU used in work by main ("main") and the worker ("worker"),
+    and CPU used inside the waits ("waits", about zero).
+    """
+    truth = {"main": 0.0, "worker": 0.0, "waits": 0.0}
+    rounds = max(1, int(60 * scale))
+    t = threading.Thread(target=worker_loop, args=(rounds, 0.004, 0.012, truth), name="worker")
+    t.start()
+    for _ in range(rounds):
+        t0 = time.thread_time()
+        work_step(0.006)
+        truth["main"] += time.thread_time() - t0
+        t0 = time.thread_time()
+        nap(0.01)
+        truth["waits"] += time.thread_time() - t0
+    t.join()
+    return truth
+
+
+def burn(seconds: float) -> None:
+    spin(seconds)
+
+
+def main_blocks_after(main_work: float, seconds: float) -> dict[str, float]:
+    """Main works ``main_work`` seconds, then joins a worker that burns ``seconds``."""
+    truth: dict[str, float] = {}
+
+    def run() -> None:
+        t0 = time.thread_time()
+        burn(seconds)
+        truth["burn"] = time.thread_time() - t0
+
+    t = threading.Thread(target=run, name="burner")
+    t.start()
+    spin(main_work)
+    t.join()
+    return truth
+
+
+def phase_a(seconds: float) -> None:
+    spin(seconds)
+
+
+def phase_b(seconds: float) -> None:
+    spin(seconds)
+
+
+def phase_c(seconds: float) -> None:
+    spin(seconds)
+
+
+PHASES: dict[str, Callable[[float], None]] = {"phase_a": phase_a, "phase_b": phase_b,
+                                              "phase_c": phase_c}
+
+
+def random_schedule(seed: int, period: float, threads: int = 3) -> dict[str, float]:
+    """Threads alternate random work phases and waits of 0.3 to 2.5 periods; main waits too."""
+    truth = dict.fromkeys(PHASES, 0.0)
+    lock = threading.Lock()
+    rng = random.Random(seed)
+    plans = [
+        [(rng.choice(list(PHASES)), rng.uniform(0.3, 2.5) * period, rng.uniform(0.3, 2.5) * period)
+         for _ in range(25)]
+        for _ in range(threads)
+    ]
+
+    def run(plan: list[tuple[str, float, float]]) -> None:
+        ev = threading.Event()
+        for name, work, wait in plan:
+            t0 = time.thread_time()
+            PHASES[name](work)
+            used = time.thread_time() - t0
+            with lock:
+                truth[name] += used
+            ev.wait(wait)
+
+    ts = [threading.Thread(target=run, args=(p,), name=f"rand{i}") for i, p in enumerate(plans[1:])]
+    for t in ts:
+        t.start()
+    run(plans[0])
+    for t in ts:
+        t.join()
+    return truth

@@ -80,11 +80,12 @@ def sample_cost(threads: int, depth: int, ticks: int) -> float:
     engine.add(collector)
     try:
         times = []
-        with engine._tick_lock:
-            for _ in range(ticks):
-                t0 = time.perf_counter()
-                engine._tick(None)
-                times.append(time.perf_counter() - t0)
+        for _ in range(ticks):
+            t0 = time.perf_counter()
+            # One helper look: the probe's clock reads, then every thread's stack.
+            before = engine.read_clocks()
+            engine.helper_tick(before, 0, 5_000_000)
+            times.append(time.perf_counter() - t0)
     finally:
         engine.remove(collector)
         stop.set()

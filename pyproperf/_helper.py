@@ -1,0 +1,122 @@
+"""The helper clock: a real OS thread that looks at every thread each period.
+
+The SIGPROF handler can only ever look at the main thread (Python runs
+handlers there).  Every other thread, and the main thread while it is
+blocked or inside C code, is looked at from here.
+
+Looking at a thread while holding the GIL cannot tell, by itself, a
+thread that waits for the GIL (it was running Python a moment ago: its
+stack is where it works) from one blocked in ``sleep`` or ``wait`` (its
+stack is where it waits); Linux shows both asleep on a futex.  So a look
+is a short probe of the CPU clocks:
+
+1. read every thread's CPU clock;
+2. let go of the GIL for ``PROBE_S``, so a thread that wants it takes it;
+3. take the GIL back, then read the clocks again and take the stacks.
+
+A thread that used CPU through (nearly) the whole of step 2 ran until
+the moment the helper took the GIL back, and is running where it stands
+when either that took at least a switch interval (CPython made it give
+up the GIL mid-work; it did not stop by itself) or its clock still moves
+in step 3, while the helper holds the GIL (C code running without it).
+Any other thread is waiting, and ``_estimate.observe`` holds its CPU
+back for the next time it is seen running.  A thread that ran part of
+the window and then blocked is waiting: that is why the whole window
+must be covered.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyproperf._sampler import _Engine
+
+__all__ = ["PROBE_S", "HelperClock"]
+
+# How long the helper lets go of the GIL in a probe: long enough for a
+# thread waiting for the GIL to be woken and take it.
+PROBE_S = 0.0002
+
+
+class HelperClock:
+    """The helper thread: ticks when the SIGPROF handler cannot cover every thread."""
+
+    def __init__(self, engine: _Engine, real: Any) -> None:
+        self._engine = engine
+        self._real = real
+        self.ident: int | None = None
+        self._running = False
+        self._wake = real.allocate_lock()  # released to wake the helper early
+        self._done = real.allocate_lock()  # held while the helper thread runs
+        self._probe = real.allocate_lock()  # always held: acquire(timeout) = GIL-free pause
+
+    def start(self) -> None:
+        real = self._real
+        self._wake = real.allocate_lock()
+        self._wake.acquire()
+        self._done = real.allocate_lock()
+        self._done.acquire()
+        self._probe = real.allocate_lock()
+        self._probe.acquire()
+        self._running = True
+        real.start_new_thread(self._run, ())
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it (unless called from it)."""
+        if not self._running:
+            return
+        self._running = False
+        self.wake()
+        if self.ident != self._real.get_ident():
+            self._done.acquire()
+        self.ident = None
+
+    def forget(self) -> None:
+        """In a forked child: the thread is gone."""
+        self._running = False
+        self.ident = None
+
+    def wake(self) -> None:
+        """Make the helper look now (the handler saw other threads use CPU)."""
+        try:
+            self._wake.release()
+        except RuntimeError:  # already released: a wake-up is pending
+            pass
+
+    def _run(self) -> None:
+        self.ident = self._real.get_ident()
+        engine = self._engine
+        try:
+            while self._running:
+                period = engine.period_ns
+                # While the handler ticks, it wakes us when others need a look;
+                # still look every few periods to find new threads.
+                signal_active = (
+                    not engine.want_wall
+                    and time.monotonic_ns() - engine.last_signal_tick < 2 * period
+                )
+                timeout = (4 if signal_active else 1) * period / 1e9
+                self._wake.acquire(timeout=timeout)
+                if not self._running:
+                    return
+                if not engine.sampling:
+                    continue
+                try:
+                    self._look()
+                except Exception:
+                    engine.errors += 1
+        finally:
+            self._done.release()
+
+    def _look(self) -> None:
+        engine = self._engine
+        before = engine.read_clocks() if engine.want_cpu else {}
+        window = 0
+        if before:
+            t0 = time.monotonic_ns()
+            self._probe.acquire(timeout=PROBE_S)  # let go of the GIL
+            window = time.monotonic_ns() - t0
+        engine.helper_tick(before, window, int(sys.getswitchinterval() * 1e9))
