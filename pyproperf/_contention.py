@@ -30,7 +30,7 @@ from types import ModuleType
 from typing import Any
 
 from pyproperf import _contention_state as _st
-from pyproperf import _text
+from pyproperf import _hooks, _text
 from pyproperf._builder import ProfileBuilder
 from pyproperf._stacks import Resolver
 
@@ -46,7 +46,7 @@ NAMES = ("block", "mutex")
 _config_lock = _thread.allocate_lock()
 _installed = False
 _saved_lock: Any = None  # threading.Lock before we replaced it
-_hook: Any = None  # the _contention_waits.AsyncioHook in sys.meta_path
+_hook_set = False  # waiting for asyncio's import (_hooks.after_import)
 _threading_wrapped = False
 _asyncio_wrapped = False
 
@@ -132,7 +132,7 @@ def _gevent_patched() -> bool:
 
 
 def _install() -> None:
-    global _installed, _saved_lock, _hook, _threading_wrapped
+    global _installed, _saved_lock, _hook_set, _threading_wrapped
     import threading
 
     # Loaded on first use, so that ``import pyproperf`` stays light.
@@ -153,9 +153,9 @@ def _install() -> None:
         asyncio = sys.modules.get("asyncio")
         if asyncio is not None and hasattr(asyncio, "queues") and hasattr(asyncio, "locks"):
             _wrap_asyncio(asyncio)
-        else:
-            _hook = _waits.AsyncioHook(_asyncio_loaded)
-            sys.meta_path.insert(0, _hook)
+        elif asyncio is None and not _hook_set:
+            _hook_set = True
+            _hooks.after_import("asyncio", _asyncio_loaded)
     _installed = True
 
 
@@ -175,13 +175,10 @@ def _asyncio_loaded(asyncio: ModuleType) -> None:
 
 
 def _remove_hook() -> None:
-    global _hook
-    if _hook is not None:
-        try:
-            sys.meta_path.remove(_hook)
-        except ValueError:
-            pass
-        _hook = None
+    global _hook_set
+    if _hook_set:
+        _hooks.cancel_import_hook("asyncio", _asyncio_loaded)
+        _hook_set = False
 
 
 def _uninstall() -> None:

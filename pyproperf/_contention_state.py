@@ -17,12 +17,11 @@ added.
 from __future__ import annotations
 
 import _thread
-import os
 import random
 import time
 from types import CodeType, FrameType
 
-from pyproperf import _stacks
+from pyproperf import _hooks, _stacks
 
 __all__ = [
     "Scope",
@@ -196,4 +195,4 @@ def _after_fork_in_child() -> None:
     scope.active = False
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_hooks.at_fork_child(_after_fork_in_child)

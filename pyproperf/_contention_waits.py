@@ -23,7 +23,7 @@ is driven through ``_Driver``, which starts the clock when the coroutine
 first suspends, so a call that did not suspend records nothing.
 ``Lock.release`` charges the waiting of registered waiters to the releasing
 stack for the mutex profile.  asyncio is never imported here: it is
-patched when already imported, or right after its import (``AsyncioHook``).
+patched when already imported, or right after its import (``_hooks.after_import``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 
 from pyproperf import _contention_state as _st
 
-__all__ = ["AsyncioHook", "install_asyncio", "install_threading", "uninstall"]
+__all__ = ["install_asyncio", "install_threading", "uninstall"]
 
 _AnyFn = Callable[..., Any]
 
@@ -291,51 +291,3 @@ def install_asyncio(asyncio: ModuleType) -> None:
     _patch(queues.Queue, "put", lambda f: _async_wait(f, lambda s: not s.full()))
     _patch(queues.Queue, "join",
            lambda f: _async_wait(f, lambda s: s._unfinished_tasks == 0))
-
-
-class _PatchingLoader:
-    """Loads asyncio with its real loader, then wraps its waits."""
-
-    def __init__(self, loader: Any, on_loaded: Callable[[ModuleType], None]) -> None:
-        self._loader = loader
-        self._on_loaded = on_loaded
-
-    def create_module(self, spec: Any) -> Any:
-        create = getattr(self._loader, "create_module", None)
-        return create(spec) if create is not None else None
-
-    def exec_module(self, module: ModuleType) -> None:
-        loader = self._loader
-        spec = getattr(module, "__spec__", None)
-        if spec is not None and spec.loader is self:
-            spec.loader = loader
-        if getattr(module, "__loader__", None) is self:
-            module.__loader__ = loader
-        loader.exec_module(module)
-        self._on_loaded(module)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
-
-
-class AsyncioHook:
-    """A ``sys.meta_path`` finder that patches asyncio once it is imported."""
-
-    def __init__(self, on_loaded: Callable[[ModuleType], None]) -> None:
-        self._on_loaded = on_loaded
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != "asyncio":
-            return None
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
-            if finder is self or find is None:
-                continue
-            spec = find(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _PatchingLoader(spec.loader, self._on_loaded)
-        return spec

@@ -7,7 +7,6 @@ decorator forms, and writing the results.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import inspect
 import os
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from types import CodeType, TracebackType
 from typing import IO, Any, TypeVar, cast
 
-from pyproperf import _io
+from pyproperf import _hooks, _io
 from pyproperf._sampler import CLOCKS, MAX_HZ, Collector, engine
 
 __all__ = [
@@ -46,7 +45,7 @@ def _after_fork_in_child() -> None:
     _go_profile = None
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_hooks.at_fork_child(_after_fork_in_child)
 
 
 def _check_options(hz: object, clock: object) -> tuple[int, str]:
@@ -259,7 +258,6 @@ def flush() -> None:
         section.write()
 
 
-@atexit.register
 def _at_exit() -> None:
     for section in list(_sections):
         try:
@@ -267,6 +265,9 @@ def _at_exit() -> None:
         except Exception as exc:  # at exit, a report beats a traceback
             print(f"pyproperf: could not write {section.target!r}: {exc}", file=sys.stderr)
     stop_cpu_profile_quietly()
+
+
+_hooks.at_exit(_at_exit)
 
 
 def stop_cpu_profile_quietly() -> None:

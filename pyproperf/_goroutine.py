@@ -29,7 +29,6 @@ so memory stays bounded) and who started whom, for debug=2's ``created by``.
 
 from __future__ import annotations
 
-import _thread
 import gc
 import itertools
 import os
@@ -41,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from types import CodeType, FrameType
 from typing import Any, NamedTuple
 
-from pyproperf import _labels, _stacks, _text
+from pyproperf import _hooks, _labels, _stacks, _text
 from pyproperf._builder import Frame
 from pyproperf._labels import LabelSet
 from pyproperf._stacks import MAX_DEPTH, Resolver, StackKey
@@ -49,18 +48,7 @@ from pyproperf._stacks import MAX_DEPTH, Resolver, StackKey
 __all__ = ["count", "render", "snapshot"]
 
 
-def _os_get_ident() -> Callable[[], int]:
-    """The OS thread's ident (what ``sys._current_frames`` uses), even under gevent's
-    monkey-patching, which makes ``threading.get_ident`` return greenlet ids."""
-    get_ident = _thread.get_ident
-    if getattr(get_ident, "__module__", "").startswith("gevent"):
-        monkey = sys.modules.get("gevent.monkey")
-        if monkey is not None:
-            get_ident = monkey.get_original("_thread", "get_ident")
-    return get_ident
-
-
-_get_ident = _os_get_ident()
+_get_ident = _hooks.real_get_ident
 # The main thread's OS ident (gevent's monkey-patching renumbers threading's idents).
 _MAIN_IDENT = (
     _get_ident() if threading.current_thread() is threading.main_thread() else 0
@@ -118,12 +106,6 @@ _creators: weakref.WeakKeyDictionary[threading.Thread, tuple[StackKey, int]] = (
     weakref.WeakKeyDictionary()
 )
 
-_installed: Any = threading.Thread.start
-_original_start: Callable[[threading.Thread], None] = (
-    _installed.__wrapped__ if getattr(_installed, "_pyproperf_hook", False) else _installed
-)
-
-
 def _current_thread_uid() -> int:
     # Not threading.current_thread(): in a thread threading did not start it
     # would create and register a _DummyThread.
@@ -131,13 +113,12 @@ def _current_thread_uid() -> int:
     return _thread_uid(getattr(threading, "_active", {}).get(ident), ident)
 
 
-def _start(self: threading.Thread) -> None:
-    """Start the thread, recording the stack that started it (pyproperf's threadcreate)."""
-    frame: FrameType | None = sys._getframe(1)
+def _started(thread: threading.Thread, caller: FrameType | None) -> None:
+    """Record the stack that started ``thread`` (pyproperf's threadcreate)."""
+    frame = caller
     while frame is not None and _stacks.is_own_code(frame.f_code):
-        frame = frame.f_back  # other pyproperf wrappers of Thread.start (labels)
+        frame = frame.f_back  # other pyproperf wrappers of Thread.start
     key = _stacks.stack_key(frame)
-    _original_start(self)
     global _tc_total
     parent = _current_thread_uid()
     ikey = (tuple(map(id, key[::2])), key[1::2])
@@ -147,17 +128,10 @@ def _start(self: threading.Thread) -> None:
         if entry is None:
             entry = _tc_stacks[ikey] = [key, 0]
         entry[1] += 1
-        _creators[self] = (entry[0], parent)
+        _creators[thread] = (entry[0], parent)
 
 
-def _install_thread_hook() -> None:
-    _start.__doc__ = _original_start.__doc__
-    _start.__wrapped__ = _original_start  # type: ignore[attr-defined]
-    _start._pyproperf_hook = True  # type: ignore[attr-defined]
-    threading.Thread.start = _start  # type: ignore[method-assign]
-
-
-_install_thread_hook()
+_hooks.on_thread_start(after=_started)
 
 
 def _render_threadcreate(debug: int) -> bytes:

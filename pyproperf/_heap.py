@@ -28,7 +28,6 @@ frames into functions is ``_heap_names``; writing proto and text is
 from __future__ import annotations
 
 import _tracemalloc
-import atexit
 import functools
 import os
 import sys
@@ -39,7 +38,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
-from pyproperf import _heap_names, _heap_render, _io
+from pyproperf import _heap_names, _heap_render, _hooks, _io
 from pyproperf._heap_names import Site
 from pyproperf._heap_render import Observation
 from pyproperf._stacks import Resolver
@@ -499,7 +498,7 @@ def _start_from_environment() -> None:
         except ValueError:
             _warn(f"pyproperf: ignoring {ENV_NFRAMES}={raw!r}: want an int in 1..{_MAX_NFRAMES}")
     start_heap_profile(nframes)
-    atexit.register(_write_at_exit, os.path.abspath(target))
+    _hooks.at_exit(functools.partial(_write_at_exit, os.path.abspath(target)))
 
 
 def _stop_sampler_at_exit() -> None:
@@ -520,7 +519,6 @@ def _after_fork_child() -> None:
     _sampler = None  # restarted by the next count/render in the child
 
 
-atexit.register(_stop_sampler_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_child)
+_hooks.at_exit(_stop_sampler_at_exit)
+_hooks.at_fork_child(_after_fork_child)
 _start_from_environment()

@@ -14,15 +14,15 @@ is a short probe of the CPU clocks:
 2. let go of the GIL for ``PROBE_S``, so a thread that wants it takes it;
 3. take the GIL back, then read the clocks again and take the stacks.
 
-A thread that used CPU through (nearly) the whole of step 2 ran until
-the moment the helper took the GIL back, and is running where it stands
-when either that took at least a switch interval (CPython made it give
-up the GIL mid-work; it did not stop by itself) or its clock still moves
-in step 3, while the helper holds the GIL (C code running without it).
-Any other thread is waiting, and ``_estimate.observe`` holds its CPU
-back for the next time it is seen running.  A thread that ran part of
-the window and then blocked is waiting: that is why the whole window
-must be covered.
+A thread whose clock advanced by a whole switch interval in step 2 held
+the GIL that long, so CPython made it let go mid-work: it is running where
+it stands (waiting for the GIL).  A thread that used CPU through (nearly)
+all of step 2 and whose clock still moves in step 3, while the helper
+holds the GIL, runs C code without the GIL: also running.  Any other
+thread is waiting, and ``_estimate.observe`` holds its CPU back for the
+next time it is seen running.  A thread seen "running" in the standard
+library's waiting code (it ran, then blocked in ``Condition.wait``, say,
+within a long step 2) is taken as waiting by ``observe``.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar
 
-from pyproperf import _labels_inherit, _labels_state
+from pyproperf import _hooks, _labels_state
 from pyproperf._labels_inherit import (
     _LABELS_ATTR,
     _coro_frame,
@@ -226,7 +226,7 @@ def _publish(new: LabelSet | None, frame: FrameType | None) -> None:
     value = EMPTY if new is None else new
     task = _current_task()
     root = _task_root(task) if task is not None else None
-    boot_code = _labels_inherit._boot_code
+    boot_code = _hooks.bootstrap_code
     f = frame
     bottom = boot = None
     while f is not None:

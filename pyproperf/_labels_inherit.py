@@ -14,14 +14,13 @@ way Python starts a unit of work:
 A unit that inherited labels has them registered on its root frame in
 ``frame_labels`` (a plain greenlet: in ``_unit_labels`` instead).  The hooks
 go in the first time a label set is made (``_labels_state._on_first_set``),
-or when the module concerned is imported later (a post-import finder on
-``sys.meta_path``): ``import pyproperf`` imports none of these modules.
+or when the module concerned is imported later (``_hooks.after_import``):
+``import pyproperf`` imports none of these modules.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import threading
 import warnings
@@ -29,7 +28,7 @@ from collections.abc import Callable
 from types import FrameType, ModuleType
 from typing import Any
 
-from pyproperf import _labels_state
+from pyproperf import _hooks, _labels_state
 from pyproperf._labels_state import (
     LabelSet,
     _current,
@@ -51,19 +50,7 @@ _LABELS_ATTR = "_pyproperf_labels"
 _MISSING: Any = object()
 
 
-def _real_get_ident() -> Callable[[], int]:
-    """The OS thread's ident, even when gevent has monkey-patched ``_thread``."""
-    import _thread
-
-    get_ident = _thread.get_ident
-    if getattr(get_ident, "__module__", "").startswith("gevent"):  # pragma: no cover
-        monkey = sys.modules.get("gevent.monkey")
-        if monkey is not None:
-            get_ident = monkey.get_original("_thread", "get_ident")
-    return get_ident
-
-
-_get_ident = _real_get_ident()
+_get_ident = _hooks.real_get_ident
 
 
 # --- activation ---------------------------------------------------------------------------
@@ -77,18 +64,11 @@ def _activate() -> None:
         if _labels_state._on_first_set is None:
             return
         _labels_state._on_first_set = None
-        _hook_threading()
-        pending = {}
+        _hooks.on_thread_start(before=_thread_starting)
+        _hooks.on_thread_run(_thread_running, _thread_done)
         for name, hook in _IMPORT_HOOKS.items():
-            module = sys.modules.get(name)
-            if module is not None and getattr(module, "__spec__", None) is not None:
-                _run_hook(hook, module)
-            else:
-                pending[name] = hook
-        if pending:
-            _finder.pending.update(pending)
-            sys.meta_path.insert(0, _finder)
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+            _hooks.after_import(name, functools.partial(_run_hook, hook))
+        _hooks.at_fork_child(_after_fork_in_child)
 
 
 def _run_hook(hook: Callable[[ModuleType], None], module: ModuleType) -> None:
@@ -111,110 +91,31 @@ def _after_fork_in_child() -> None:
             d.pop(ident, None)
 
 
-class _HookedLoader:
-    """Delegates to the real loader, then runs a hook on the fresh module."""
-
-    def __init__(self, loader: Any, hook: Callable[[ModuleType], None]) -> None:
-        self.loader = loader
-        self.hook = hook
-
-    def create_module(self, spec: Any) -> ModuleType | None:
-        return self.loader.create_module(spec)  # type: ignore[no-any-return]
-
-    def exec_module(self, module: ModuleType) -> None:
-        # Put the real loader back first: the module never sees this one.
-        module.__loader__ = self.loader
-        if module.__spec__ is not None:
-            module.__spec__.loader = self.loader
-        self.loader.exec_module(module)
-        _run_hook(self.hook, module)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.loader, name)
-
-
-class _PostImportFinder:
-    """Runs a hook right after a watched module is imported; leaves meta_path when done."""
-
-    def __init__(self) -> None:
-        self.pending: dict[str, Callable[[ModuleType], None]] = {}
-        self._busy = threading.local()
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        hook = self.pending.get(fullname)
-        if hook is None or getattr(self._busy, "name", None) == fullname:
-            return None
-        self._busy.name = fullname
-        try:
-            for finder in list(sys.meta_path):
-                if finder is self:
-                    continue
-                find = getattr(finder, "find_spec", None)
-                spec = find(fullname, path, target) if find is not None else None
-                if spec is not None:
-                    break
-            else:
-                return None
-        finally:
-            self._busy.name = None
-        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        del self.pending[fullname]
-        if not self.pending:
-            try:
-                sys.meta_path.remove(self)
-            except ValueError:  # pragma: no cover
-                pass
-        spec.loader = _HookedLoader(spec.loader, hook)
-        return spec
-
-
-_finder = _PostImportFinder()
-
-
 # --- threading.Thread: the thread carries the labels active at start() for its life,
 # registered on the bootstrap frame at the root of its stack.
 
-_boot_code: Any = None  # code of bootstrap_with_labels, the root frame of a hooked thread
+def _thread_starting(thread: threading.Thread) -> None:
+    """``Thread.start``: remember the labels active now."""
+    ls = _get()
+    if ls is not None:
+        thread.__dict__[_LABELS_ATTR] = ls
 
 
-def _hook_threading() -> None:
-    """Patch ``Thread.start`` (remember the labels) and ``_bootstrap_inner`` (apply them)."""
-    global _boot_code
-    cls = threading.Thread
-    if getattr(cls.start, _HOOK_MARK, False):
-        return
-    start = cls.start
-    bootstrap_inner = cls._bootstrap_inner  # type: ignore[attr-defined]
+def _thread_running(thread: threading.Thread, frame: FrameType) -> bool:
+    """In the new thread: apply them, registered on its root frame."""
+    ls = thread.__dict__.get(_LABELS_ATTR)
+    if ls is not None:
+        _set(ls)
+        frame_labels[frame] = ls
+    return _greenlet_hooked and _ensure_tracer()
 
-    @functools.wraps(start, updated=())
-    def start_with_labels(self: threading.Thread) -> None:
-        ls = _get()
-        if ls is not None:
-            self.__dict__[_LABELS_ATTR] = ls
-        start(self)
 
-    @functools.wraps(bootstrap_inner, updated=())
-    def bootstrap_with_labels(self: threading.Thread) -> None:
-        ls = self.__dict__.get(_LABELS_ATTR)
-        frame = _getframe()
-        if ls is not None:
-            _set(ls)
-            frame_labels[frame] = ls
-        traced = _greenlet_hooked and _ensure_tracer()
-        try:
-            bootstrap_inner(self)
-        finally:
-            frame_labels.pop(frame, None)
-            if traced:
-                ident = _get_ident()
-                _traced.pop(ident, None)
-                _unit_labels.pop(ident, None)
-
-    setattr(start_with_labels, _HOOK_MARK, True)
-    _boot_code = bootstrap_with_labels.__code__  # type: ignore[attr-defined]
-    cls.start = start_with_labels  # type: ignore[method-assign]
-    cls._bootstrap_inner = bootstrap_with_labels  # type: ignore[attr-defined]
+def _thread_done(thread: threading.Thread, frame: FrameType, traced: bool) -> None:
+    frame_labels.pop(frame, None)
+    if traced:
+        ident = _get_ident()
+        _traced.pop(ident, None)
+        _unit_labels.pop(ident, None)
 
 
 # --- concurrent.futures: submitted work runs with the labels active at submit().

@@ -25,9 +25,9 @@ import os
 import sys
 import threading
 import time
-from types import CodeType, FrameType, ModuleType
+from types import CodeType, FrameType
 
-from pyproperf import _stacks
+from pyproperf import _hooks, _stacks
 from pyproperf._builder import ProfileBuilder
 from pyproperf._estimate import Sighting, ThreadState, observe, settle
 from pyproperf._helper import HelperClock
@@ -44,24 +44,6 @@ MAX_HZ = 10_000
 
 # Aggregation key: (stack key, labels, thread name) -> [samples, nanoseconds].
 _Key = tuple[_stacks.StackKey, "LabelSet | None", str]
-
-
-def _real_thread_module() -> ModuleType:
-    """The OS-thread primitives, even under gevent's monkey patching.
-
-    The helper clock must be a real thread and our locks real locks: a
-    patched ``threading`` would give a greenlet that never runs while the
-    program computes.
-    """
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("_thread"):
-        module = ModuleType("_thread_original")
-        for name in ("start_new_thread", "allocate_lock", "get_ident", "RLock"):
-            setattr(module, name, monkey.get_original("_thread", name))
-        return module
-    import _thread
-
-    return _thread
 
 
 class Collector:
@@ -140,7 +122,7 @@ class _Engine:
     """The single sampler shared by every collector in the process."""
 
     def __init__(self) -> None:
-        real = self._real = _real_thread_module()
+        real = self._real = _hooks.real_thread()
         self._lock = real.RLock()  # collectors, start/stop
         self._tick_lock = real.allocate_lock()  # one tick at a time
         self._collectors: tuple[Collector, ...] = ()
@@ -221,7 +203,7 @@ class _Engine:
         self.period_ns = 1_000_000_000 // hz
         self.sampling = False
         self._hook_thread_exit()
-        self._real = _real_thread_module()
+        self._real = _hooks.real_thread()
         self.helper = HelperClock(self, self._real)
         self.helper.start()
 
@@ -234,7 +216,7 @@ class _Engine:
 
     def after_fork_in_child(self) -> None:
         """The child starts clean: no collectors, no timer, the old handler back."""
-        real = _real_thread_module()
+        real = _hooks.real_thread()
         self._lock = real.RLock()
         self._tick_lock = real.allocate_lock()
         self._collectors = ()
@@ -253,17 +235,20 @@ class _Engine:
 
     def _state_for(self, ident: int, active: dict[int, threading.Thread] | None, now: int
                    ) -> ThreadState:
-        """The state of thread ``ident``, made on first sight (its CPU from its start counts)."""
+        """The state of thread ``ident``, made on first sight (its CPU from its start counts).
+
+        A new OS thread may reuse an exited one's ident; it has a new kernel
+        thread id, hence a new CPU clock.  (Under gevent, ``threading``'s
+        table can name a greenlet for the main thread's ident: same clock,
+        same state.)
+        """
         st = self.states.get(ident)
-        if (
-            st is not None
-            and active is not None
-            and st.thread is not None
-            and active.get(ident, st.thread) is not st.thread
-        ):
-            st = None  # the ident was reused by a new thread
+        thread = active.get(ident) if active is not None else None
+        if st is not None and thread is not None and thread is not st.thread:
+            native = getattr(thread, "native_id", None)
+            if native and thread_cpu_clock(native) != st.clock:
+                st = None  # the ident was reused by a new thread
         if st is None:
-            thread = active.get(ident) if active is not None else None
             st = self.states[ident] = self._new_state(ident, thread, now)
         return st
 
@@ -287,8 +272,9 @@ class _Engine:
         """CPU clocks of the threads that used CPU since they were last charged (or hold some)."""
         out = {}
         gettime = time.clock_gettime_ns
+        covered = self._main_covered()
         for ident, st in list(self.states.items()):
-            if st.clock is None or st.internal:
+            if st.clock is None or st.internal or ident == covered:
                 continue
             try:
                 cpu = gettime(st.clock)
@@ -297,6 +283,12 @@ class _Engine:
             if cpu > st.charged or st.pending:
                 out[ident] = cpu
         return out
+
+    def _main_covered(self) -> int | None:
+        """The main thread's ident while its own SIGPROF ticks look at it, else None."""
+        if self.signals.armed and time.monotonic_ns() - self.last_signal_tick < 2 * self.period_ns:
+            return self.signals.main_ident
+        return None
 
     # -- ticks -------------------------------------------------------------------------
 
@@ -354,8 +346,9 @@ class _Engine:
             frames = sys._current_frames()
             now = time.monotonic_ns()
             covered = window * 4 // 5
+            main = self._main_covered()
             for ident, frame in frames.items():
-                if ident == helper:
+                if ident == helper or (ident == main and not want_wall):
                     continue
                 st = self._state_for(ident, active, now)
                 if st.internal:
@@ -372,10 +365,13 @@ class _Engine:
                 sighting = capture(frame, ident)
                 running = False
                 probed = cpu - before.get(ident, cpu)
-                if st.clock is not None and used > 0 and probed > 0 and probed >= covered:
-                    # It ran until the helper took the GIL back: mid-work if
-                    # CPython made it let go, or if it runs C code without the GIL.
-                    running = probed >= interval_ns or gettime(st.clock) > cpu
+                if st.clock is not None and used > 0 and probed > 0:
+                    # CPython made it let go of the GIL mid-work (it held it a
+                    # whole switch interval), or it ran through the probe and
+                    # still runs while we hold the GIL: C code without it.
+                    running = probed >= interval_ns or (
+                        probed >= covered and gettime(st.clock) > cpu
+                    )
                 self._charge(collectors, st, sighting, running, used, now)
             self._forget_dead(frames, active)
 
@@ -454,7 +450,7 @@ class _Engine:
         ``native_id`` is the main thread's.
         """
         ident = thread.ident
-        if not self._collectors or ident is None or ident != self._real.get_ident():
+        if not self._collectors or ident is None or ident != _hooks.real_get_ident():
             return
         if thread.name.startswith(INTERNAL_THREAD_PREFIX):
             return
@@ -485,30 +481,19 @@ class _Engine:
                 _credit(collectors, key, labels, thread.name, nanos, 0)
 
     def _hook_thread_exit(self) -> None:
-        """Wrap ``threading.Thread._bootstrap_inner`` once, for ``thread_exiting``.
-
-        The wrapper stays after the engine stops (it returns at once when
-        nothing samples): unwrapping could not undo a wrapper someone else
-        (our labels, another library) put on top of it.
-        """
-        cls = threading.Thread
-        original = cls.__dict__.get("_bootstrap_inner")
-        if original is None or self._exit_hooked:
+        """Have every thread's exit report to ``thread_exiting`` (hooked once, for good)."""
+        if self._exit_hooked:
             return
         self._exit_hooked = True
 
-        def _bootstrap_inner(thread: threading.Thread) -> None:
-            try:
-                original(thread)
-            finally:
-                if engine._collectors:
-                    try:
-                        engine.thread_exiting(thread)
-                    except Exception:
-                        engine.errors += 1
+        def leave(thread: threading.Thread, frame: FrameType, token: object) -> None:
+            if engine._collectors:
+                try:
+                    engine.thread_exiting(thread)
+                except Exception:
+                    engine.errors += 1
 
-        _bootstrap_inner.__wrapped__ = original  # type: ignore[attr-defined]
-        cls._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
+        _hooks.on_thread_run(lambda thread, frame: None, leave)
 
 
 def _credit(
@@ -536,4 +521,4 @@ def _credit(
 engine = _Engine()
 
 
-os.register_at_fork(after_in_child=engine.after_fork_in_child)
+_hooks.at_fork_child(engine.after_fork_in_child)

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from pyproperf import _hooks
+
 __all__ = ["SignalClock", "thread_cpu_clock"]
 
 Handler = Callable[[FrameType | None], None]
@@ -115,14 +117,6 @@ class _ThreadTimer:
             self._timer = None
 
 
-def _real_get_ident() -> int:
-    """The OS thread's ident, also under gevent's monkey patching."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("_thread"):
-        return int(monkey.get_original("_thread", "get_ident")())
-    return threading.get_ident()
-
-
 # Py_AddPendingCall's callback: int (*)(void *).  Kept alive for the process.
 _PENDING_CALL = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
 
@@ -139,6 +133,7 @@ class SignalClock:
         self._previous: Any = None
         self._timer: _ThreadTimer | None = None
         self._period_ns = 10_000_000
+        self._main_native_id = 0
         self._restore_wanted = False
         self._pending_call = _PENDING_CALL(self._restore_from_pending_call)
 
@@ -149,6 +144,11 @@ class SignalClock:
         self._period_ns = period_ns
         if self.installed:  # still ours from last time (restore was pending)
             self._restore_wanted = False
+            if self._timer is None and self.kind == "thread timer":
+                try:
+                    self._timer = _ThreadTimer(self._main_native_id, signal.SIGPROF)
+                except (OSError, AttributeError, ValueError):
+                    self.kind = "itimer"
             self.arm()
             return True
         if not hasattr(signal, "SIGPROF"):
@@ -169,8 +169,9 @@ class SignalClock:
             return False
         signal.siginterrupt(signal.SIGPROF, False)  # SA_RESTART: no EINTR in the host
         self._timer = timer
+        self._main_native_id = threading.get_native_id()
         self.kind = "thread timer" if timer is not None else "itimer"
-        self.main_ident = _real_get_ident()
+        self.main_ident = _hooks.real_get_ident()
         self.installed = True
         self.arm()
         return True
@@ -223,7 +224,7 @@ class SignalClock:
         """The child starts clean: POSIX timers are not inherited; put the handler back."""
         self._timer = None
         self.armed = False
-        self.main_ident = _real_get_ident()
+        self.main_ident = _hooks.real_get_ident()
         if self.installed:
             try:
                 signal.setitimer(signal.ITIMER_PROF, 0, 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import random
 import threading
 import time
@@ -298,3 +299,14 @@ def random_schedule(seed: int, period: float, threads: int = 3) -> dict[str, flo
     for t in ts:
         t.join()
     return truth
+
+
+_seeds = itertools.count(1)
+
+
+def random_schedules(scale: float) -> dict[str, float]:
+    """``random_schedule`` with a new seed each call, periods of 10 ms x ``scale``."""
+    return random_schedule(next(_seeds), 0.01 * scale)
+
+
+WORKLOADS["random_schedule"] = random_schedules

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import pyproperf
-from pyproperf import _contention, _contention_locks, _contention_waits
+from pyproperf import _contention, _contention_locks, _hooks
 from pyproperf import _contention_state as _st
 from tests.pprof_tool import check_valid, load, pprof, stacks, top_by_name
 
@@ -66,7 +66,7 @@ def assert_untouched() -> None:
                queue.Queue.get, queue.Queue.put, queue.Queue.join, asyncio.Lock.acquire,
                asyncio.Lock.release, asyncio.Queue.get, asyncio.Event.wait):
         assert not hasattr(fn, "__wrapped__"), f"{fn} still wrapped"
-    assert not any(isinstance(f, _contention_waits.AsyncioHook) for f in sys.meta_path)
+    assert "asyncio" not in _hooks._finder.watched
 
 
 def enable(block: int = 1, mutex: int = 1) -> None:
@@ -959,7 +959,8 @@ asyncio.run(main())
 assert pyproperf.lookup("block").count() >= 1
 pyproperf.set_block_profile_rate(0)
 assert not hasattr(asyncio.Lock.acquire, "__wrapped__")
-assert not any(type(f).__name__ == "AsyncioHook" for f in sys.meta_path)
+from pyproperf import _hooks
+assert "asyncio" not in _hooks._finder.watched
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -553,3 +553,106 @@ def test_owned_stop_never_stops_someone_elses_profile() -> None:
     finally:
         pyproperf.stop_cpu_profile()
     assert mine.getvalue()[:2] == b"\x1f\x8b"
+
+
+# -- host safety and the decorator's timer ---------------------------------------------------
+
+
+def test_stop_from_another_thread_does_not_interrupt_c_sleep_in_main() -> None:
+    """Stopping off the main thread restores SIGPROF without signalling main (no EINTR in C)."""
+    import ctypes
+    import time
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class Timespec(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+    previous = signal.getsignal(signal.SIGPROF)
+    pyproperf.start_cpu_profile(io.BytesIO())
+    assert signal.getsignal(signal.SIGPROF) is not previous  # positive control: ours
+    stopper = threading.Thread(target=pyproperf.stop_cpu_profile)
+    remaining = Timespec()
+    t0 = time.monotonic()
+    stopper.start()  # stops while main sleeps in C (ctypes lets go of the GIL)
+    rc = libc.nanosleep(ctypes.byref(Timespec(0, 400_000_000)), ctypes.byref(remaining))
+    errno = ctypes.get_errno()
+    elapsed = time.monotonic() - t0
+    stopper.join()
+    assert rc == 0, f"nanosleep failed with errno {errno} after {elapsed:.3f}s"
+    assert elapsed >= 0.4
+    # The main thread put the handler back as a pending call, between bytecodes.
+    for _ in range(1000):
+        if signal.getsignal(signal.SIGPROF) is previous:
+            break
+    assert signal.getsignal(signal.SIGPROF) is previous
+    assert not engine.signals.installed
+
+
+def test_decorator_samples_only_during_calls(tmp_path: Path) -> None:
+    """The timer runs while a call is in progress; the duration is the time in calls."""
+    import time
+
+    path = tmp_path / "fn.pb.gz"
+    section = pyproperf.cpu_profile(path)
+    seen: list[bool] = []
+
+    @section
+    def handler() -> None:
+        seen.append(engine.signals.armed)
+        wl.leaf_60(0.1)
+
+    try:
+        t0 = time.monotonic()
+        handler()
+        in_call = time.monotonic() - t0
+        assert seen == [True]  # positive control: armed during the call
+        assert not engine.signals.armed
+        assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
+        time.sleep(0.3)  # not in a call: not part of the profile's duration
+        handler()
+        assert seen == [True, True] and not engine.signals.armed
+        section.write()
+        p = load(path)
+        assert 0.18 <= p.duration_nanos / 1e9 <= 2 * in_call + 0.1, p.duration_nanos
+        assert top_by_name(path)[f"{M}.leaf_60"].cum >= 0.15
+    finally:
+        section.close()
+
+
+def test_gevent_monkey_patched_run_counts_cpu_once(tmp_path: Path) -> None:
+    """Under gevent, a Thread is a greenlet on the main thread: its exit charges nothing twice."""
+    import subprocess
+    import sys
+    import textwrap
+
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent('''
+        from gevent import monkey
+        monkey.patch_all()
+        import threading, time
+
+        def spin(seconds):
+            end = time.thread_time() + seconds
+            while time.thread_time() < end:
+                pass
+
+        def napper():
+            time.sleep(0.3)
+            spin(0.1)
+
+        t = threading.Thread(target=napper)
+        t.start()
+        spin(0.4)
+        t.join()
+        print(time.process_time())
+    '''))
+    out = subprocess.run(
+        [sys.executable, "-m", "pyproperf", "run", "-o", "cpu.pb.gz", "prog.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True,
+    )
+    process_cpu = float(out.stdout.split()[0])
+    rows = top_by_name(tmp_path / "cpu.pb.gz")
+    total = sum(r.flat for r in rows.values())
+    assert total <= process_cpu * 1.05, (total, process_cpu, out.stderr)
+    assert rows["__main__.spin"].cum >= 0.4, rows

@@ -15,10 +15,11 @@ PACKAGE = Path(pyproperf.__file__).parent
 # lower ones.  A new module must be placed here, which is the point.
 LAYERS: dict[int, set[str]] = {
     0: {"_pb", "_pb.profile_pb2"},  # generated schema code
-    1: {"_builder", "_io", "_text"},  # model and encoding, knows no source
+    1: {"_builder", "_io", "_text", "_hooks"},  # model, encoding; the interpreter hooks
     2: {"_labels", "_labels_state", "_labels_region", "_labels_inherit"},  # what is active where
     3: {"_stacks"},  # frames -> stack keys
-    4: {"_sampler", "_cpu", "_goroutine", "_heap", "_contention", "_contention_hooks"},  # sources
+    4: {"_sampler", "_sigprof", "_helper", "_estimate", "_cpu", "_goroutine", "_heap",
+        "_contention", "_contention_hooks"},  # sources
     5: {"_registry", "_top"},  # profiles as objects, reports
     6: {"http", "__main__", "__init__", "_cli_run"},  # outputs and the public API
 }
@@ -105,3 +106,42 @@ def test_public_api_matches_go() -> None:
         obj = getattr(pyproperf, name)
         assert obj.__doc__, f"pyproperf.{name} has no docstring"
     assert (PACKAGE / "py.typed").exists()
+
+
+def test_interpreter_changes_live_in_hooks() -> None:
+    """Fork and exit handlers, import finders and Thread wrappers: only ``_hooks`` makes them."""
+    patterns = ("os.register_at_fork", "atexit.register", "sys.meta_path.insert",
+                "sys.meta_path.append", "Thread.start =", "._bootstrap_inner =",
+                "cls.start =", "cls._bootstrap_inner =")
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "_hooks.py" or "_pb" in path.parts:
+            continue
+        text = path.read_text()
+        for pattern in patterns:
+            assert pattern not in text, f"{path.name} does {pattern!r}: register in _hooks"
+    # Positive control: _hooks itself does each of them.
+    hooks = (PACKAGE / "_hooks.py").read_text()
+    for pattern in ("os.register_at_fork", "atexit.register", "sys.meta_path.insert",
+                    "cls.start =", "cls._bootstrap_inner ="):
+        assert pattern in hooks
+
+
+def test_one_wrapper_per_thread_method_whatever_is_used() -> None:
+    """Labels, threadcreate and the CPU sampler share one Thread.start and one bootstrap wrapper."""
+    code = """
+import io, threading, pyproperf
+pyproperf.start_cpu_profile(io.BytesIO())
+with pyproperf.labeled(pyproperf.labels("k", "v")):
+    t = threading.Thread(target=lambda: None); t.start(); t.join()
+pyproperf.stop_cpu_profile()
+for name in ("start", "_bootstrap_inner"):
+    fn, mods = getattr(threading.Thread, name), []
+    while fn is not None:
+        mods.append(fn.__module__)
+        fn = getattr(fn, "__wrapped__", None)
+    print(name, mods)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out == ["start ['pyproperf._hooks', 'threading']",
+                   "_bootstrap_inner ['pyproperf._hooks', 'threading']"], out

@@ -114,6 +114,61 @@ def write_time(n_stacks: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def clock_read_cost(threads: int, reads: int) -> float:
+    """One helper look's clock reads (``read_clocks``) with ``threads`` parked threads."""
+    stop = threading.Event()
+    ready = threading.Barrier(threads + 1)
+    workers = [
+        threading.Thread(target=park, args=(5, ready, stop), daemon=True) for _ in range(threads)
+    ]
+    for t in workers:
+        t.start()
+    ready.wait()
+    engine = _sampler.engine
+    collector = _sampler.Collector(100, "cpu")
+    engine.add(collector)
+    try:
+        times = []
+        for _ in range(reads):
+            t0 = time.perf_counter()
+            engine.read_clocks()
+            times.append(time.perf_counter() - t0)
+    finally:
+        engine.remove(collector)
+        stop.set()
+        for t in workers:
+            t.join()
+    return statistics.median(times)
+
+
+def mixed(hz: int, runs: int) -> tuple[float, float, float, float]:
+    """work_then_wait: CPU share on waits and unseen (%, pooled), profiled/true CPU, and
+    main_blocks_after(4 ms, 0.3 s): the worker's share kept on its function (worst run)."""
+    waits = unseen = prof = true = 0.0
+    kept = 1.0
+    for _ in range(runs):
+        buf = io.BytesIO()
+        pyproperf.start_cpu_profile(buf, hz=hz)
+        truth = cpu_workloads.work_then_wait(1.0)
+        pyproperf.stop_cpu_profile()
+        for names, v, _ in stacks(load(buf.getvalue())):
+            seconds = v[1] / 1e9
+            prof += seconds
+            if names and names[0] == "(ran between samples)":
+                unseen += seconds
+            if any(n.endswith(("nap", "Condition.wait")) for n in names):
+                waits += seconds
+        true += sum(truth.values())
+        buf = io.BytesIO()
+        pyproperf.start_cpu_profile(buf, hz=hz)
+        truth = cpu_workloads.main_blocks_after(0.004, 0.3)
+        pyproperf.stop_cpu_profile()
+        burn = sum(v[1] / 1e9 for names, v, _ in stacks(load(buf.getvalue()))
+                   if f"{cpu_workloads.MODULE}.burn" in names)
+        kept = min(kept, burn / truth["burn"])
+    return 100 * waits / prof, 100 * unseen / prof, prof / true, kept
+
+
 def accuracy(name: str, runs: int) -> tuple[float, float, int]:
     """Share error (pp) pooled over runs and profiled/true CPU ratio."""
     workload: Callable[[float], dict[str, float]] = cpu_workloads.WORKLOADS[name]
@@ -156,6 +211,23 @@ def main(quick: bool) -> None:
                 f"| {threads} | {depth} | {cost * 1e6:.0f} µs | {cost / threads * 1e6:.1f} µs |",
                 flush=True,
             )
+
+    print("\n### Cost of a helper look's clock reads (one per thread, parked threads)\n")
+    print("| threads | read_clocks | per thread |")
+    print("| --- | --- | --- |")
+    for threads in (1, 8, 64):
+        cost = clock_read_cost(threads, 100 if quick else 1000)
+        print(f"| {threads} | {cost * 1e6:.1f} µs | {cost / threads * 1e6:.2f} µs |", flush=True)
+
+    print("\n### Work then wait (main 6 ms work / 10 ms sleep, worker 4 ms / 12 ms wait)\n")
+    print("| hz | runs | CPU on waits | (ran between samples) | profiled / true CPU "
+          "| worker kept when main blocks |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for hz in (100, 200):
+        runs = 2 if quick else 10
+        w, u, r, k = mixed(hz, runs)
+        print(f"| {hz} | {runs} | {w:.1f} % | {u:.1f} % | {r:.3f} | {100 * k:.1f} % |",
+              flush=True)
 
     print("\n### Writing a profile\n")
     n = 100_000

@@ -1,0 +1,306 @@
+"""Every change pyproperf makes to the interpreter, in one place.
+
+Other modules never patch the interpreter themselves; they register here:
+
+* ``on_thread_start`` / ``on_thread_run``: one wrapper of
+  ``threading.Thread.start`` and one of ``Thread._bootstrap_inner`` (the
+  thread's own first frame), each calling the registered hooks in order.
+  Used by threadcreate (who started a thread), label inheritance (a thread
+  starts with its creator's labels) and the CPU sampler (a thread's last
+  CPU is charged as it exits).
+* ``after_import``: one ``sys.meta_path`` finder that runs a hook right
+  after a module is imported, for modules pyproperf must patch but never
+  imports itself (asyncio, gevent, concurrent.futures).  It leaves
+  ``sys.meta_path`` when nothing is watched.
+* ``at_fork_child`` / ``at_exit``: one ``os.register_at_fork`` handler and
+  one ``atexit`` handler, calling the registered functions (at exit, the
+  last registered first, as ``atexit`` does).
+* ``real_thread``: the OS-thread primitives, also under gevent's monkey
+  patching (which makes ``threading`` hand out greenlets).
+
+Wrappers stay once installed: unwrapping could not undo a wrapper someone
+else put on top.  A hook that fails costs its own feature, never the
+host's thread, import, fork or exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType, ModuleType
+from typing import Any
+
+__all__ = [
+    "after_import",
+    "at_exit",
+    "at_fork_child",
+    "cancel_import_hook",
+    "on_thread_run",
+    "on_thread_start",
+    "real_get_ident",
+    "real_thread",
+]
+
+# -- the real OS-thread primitives --------------------------------------------------------
+
+
+def _originals() -> ModuleType:
+    """``_thread``'s primitives as they are before any monkey patching."""
+    import _thread
+
+    module = ModuleType("_thread_original")
+    monkey: Any = sys.modules.get("gevent.monkey")
+    patched = monkey is not None and monkey.is_module_patched("_thread")
+    for name in ("start_new_thread", "allocate_lock", "get_ident", "RLock"):
+        value = monkey.get_original("_thread", name) if patched else getattr(_thread, name)
+        setattr(module, name, value)
+    return module
+
+
+# Captured when pyproperf is imported: gevent patches ``_thread`` itself, so a
+# later lookup of ``_thread.get_ident`` would give greenlet ids.
+_ORIGINAL_THREAD = _originals()
+
+
+def real_thread() -> ModuleType:
+    """``_thread``'s primitives, the originals also under gevent's monkey patching.
+
+    pyproperf's own threads must be real threads and its locks real locks:
+    a patched ``threading`` gives greenlets that never run while the
+    program computes.
+    """
+    return _ORIGINAL_THREAD
+
+
+# The OS thread's ident (what ``sys._current_frames`` uses), also under gevent's
+# monkey patching, which makes ``threading.get_ident`` return greenlet ids.
+real_get_ident: Callable[[], int] = _ORIGINAL_THREAD.get_ident
+
+
+# -- threading.Thread ------------------------------------------------------------------------
+
+# Called as hook(thread) just before the thread starts.
+_before_start: list[Callable[[threading.Thread], None]] = []
+# Called as hook(thread, caller's frame) right after it started.
+_after_start: list[Callable[[threading.Thread, FrameType | None], None]] = []
+# (enter, leave): enter(thread, frame) -> token in the new thread before its
+# run(); leave(thread, frame, token) after it, even if it raised.
+_RunHook = tuple[
+    Callable[[threading.Thread, FrameType], Any],
+    Callable[[threading.Thread, FrameType, Any], None],
+]
+_run_hooks: list[_RunHook] = []
+_thread_lock = threading.Lock()
+_threads_wrapped = False
+# The code of the bootstrap wrapper: the root frame of every thread started after it.
+bootstrap_code: Any = None
+
+
+def on_thread_start(
+    before: Callable[[threading.Thread], None] | None = None,
+    after: Callable[[threading.Thread, FrameType | None], None] | None = None,
+) -> None:
+    """Run ``before(thread)`` before each ``Thread.start`` and ``after(thread, caller)`` after."""
+    with _thread_lock:
+        if before is not None:
+            _before_start.append(before)
+        if after is not None:
+            _after_start.append(after)
+        _wrap_threads()
+
+
+def on_thread_run(
+    enter: Callable[[threading.Thread, FrameType], Any],
+    leave: Callable[[threading.Thread, FrameType, Any], None],
+) -> None:
+    """Run ``enter`` in each new thread before its ``run()``, ``leave`` after it."""
+    with _thread_lock:
+        _run_hooks.append((enter, leave))
+        _wrap_threads()
+
+
+def _wrap_threads() -> None:
+    global _threads_wrapped, bootstrap_code
+    if _threads_wrapped:
+        return
+    _threads_wrapped = True
+    cls = threading.Thread
+    original_start = cls.start
+    original_run = cls._bootstrap_inner  # type: ignore[attr-defined]
+
+    def start(self: threading.Thread) -> None:
+        for before in _before_start:
+            before(self)
+        original_start(self)
+        if _after_start:
+            caller = sys._getframe(1)
+            for after in _after_start:
+                after(self, caller)
+
+    def _bootstrap_inner(self: threading.Thread) -> None:
+        frame = sys._getframe()
+        hooks = list(_run_hooks)
+        tokens = []
+        for enter, _ in hooks:
+            try:
+                tokens.append(enter(self, frame))
+            except Exception:
+                tokens.append(None)
+        try:
+            original_run(self)
+        finally:
+            for (_, leave), token in zip(reversed(hooks), reversed(tokens), strict=True):
+                try:
+                    leave(self, frame, token)
+                except Exception:
+                    pass
+
+    start.__doc__ = original_start.__doc__
+    start.__wrapped__ = original_start  # type: ignore[attr-defined]
+    _bootstrap_inner.__wrapped__ = original_run  # type: ignore[attr-defined]
+    bootstrap_code = _bootstrap_inner.__code__
+    cls.start = start  # type: ignore[method-assign]
+    cls._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
+
+
+# -- imports ---------------------------------------------------------------------------------
+
+
+class _HookedLoader:
+    """Delegates to the real loader, then runs a hook on the fresh module."""
+
+    def __init__(self, loader: Any, hook: Callable[[ModuleType], None]) -> None:
+        self.loader = loader
+        self.hook = hook
+
+    def create_module(self, spec: Any) -> ModuleType | None:
+        create = getattr(self.loader, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module: ModuleType) -> None:
+        # Put the real loader back first: the module never sees this one.
+        module.__loader__ = self.loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        try:
+            self.hook(module)
+        except Exception as exc:  # a changed third-party module costs the feature only
+            import warnings
+
+            warnings.warn(
+                f"pyproperf: could not hook {module.__name__}: {exc!r}", RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+
+class _PostImportFinder:
+    """Runs the hooks of a watched module right after it is imported."""
+
+    def __init__(self) -> None:
+        self.watched: dict[str, list[Callable[[ModuleType], None]]] = {}
+        self._busy = threading.local()
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        hooks = self.watched.get(fullname)
+        if hooks is None or getattr(self._busy, "name", None) == fullname:
+            return None
+        self._busy.name = fullname
+        try:
+            for finder in list(sys.meta_path):
+                find = getattr(finder, "find_spec", None)
+                if finder is self or find is None:
+                    continue
+                spec = find(fullname, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+        finally:
+            self._busy.name = None
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        with _import_lock:
+            hooks = self.watched.pop(fullname, hooks)
+            _leave_meta_path_if_idle()
+
+        def run_hooks(module: ModuleType) -> None:
+            for hook in hooks:
+                hook(module)
+
+        spec.loader = _HookedLoader(spec.loader, run_hooks)
+        return spec
+
+
+_finder = _PostImportFinder()
+_import_lock = threading.Lock()
+
+
+def after_import(name: str, hook: Callable[[ModuleType], None]) -> None:
+    """Run ``hook(module)`` now if ``name`` is imported, else right after its import."""
+    module = sys.modules.get(name)
+    if module is not None and getattr(module, "__spec__", None) is not None:
+        hook(module)
+        return
+    with _import_lock:
+        _finder.watched.setdefault(name, []).append(hook)
+        if _finder not in sys.meta_path:
+            sys.meta_path.insert(0, _finder)
+
+
+def cancel_import_hook(name: str, hook: Callable[[ModuleType], None]) -> None:
+    """Stop waiting to run ``hook`` for ``name`` (no-op if it ran or was never set)."""
+    with _import_lock:
+        hooks = _finder.watched.get(name)
+        if hooks is not None and hook in hooks:
+            hooks.remove(hook)
+            if not hooks:
+                del _finder.watched[name]
+        _leave_meta_path_if_idle()
+
+
+def _leave_meta_path_if_idle() -> None:
+    if not _finder.watched and _finder in sys.meta_path:
+        sys.meta_path.remove(_finder)
+
+
+# -- fork and exit ---------------------------------------------------------------------------
+
+_fork_child: list[Callable[[], None]] = []
+_exit: list[Callable[[], None]] = []
+
+
+def at_fork_child(fn: Callable[[], None]) -> None:
+    """Run ``fn()`` in a forked child, in registration order."""
+    _fork_child.append(fn)
+
+
+def at_exit(fn: Callable[[], None]) -> None:
+    """Run ``fn()`` at interpreter exit; like ``atexit``, the last registered runs first."""
+    _exit.append(fn)
+
+
+def _after_fork_in_child() -> None:
+    for fn in _fork_child:
+        try:
+            fn()
+        except Exception:
+            pass
+
+
+def _at_exit() -> None:
+    for fn in reversed(_exit):
+        try:
+            fn()
+        except Exception as exc:  # at exit, a report beats a traceback
+            print(f"pyproperf: at exit: {exc!r}", file=sys.stderr)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)
