@@ -319,8 +319,8 @@ class _Engine:
                             others = gettime(other.clock) > other.charged
                         except OSError:
                             pass
-                # The tick's own CPU is not the host program's.
-                st.charged = gettime(st.clock)
+                # The tick's own CPU stays in: it is the program's too (any
+                # garbage collection it sets off is), as a Go signal handler's is.
             finally:
                 self._tick_lock.release()
             if others:
