@@ -36,11 +36,15 @@ from pyproperf import _stacks
 from pyproperf._labels import LabelSet
 
 __all__ = [
+    "INTERNAL_THREAD_PREFIX",
     "MAX_PENDING_NS", "Sighting", "ThreadState", "in_wait_code", "observe", "settle", "unseen",
 ]
 
 # A stack and the labels active on it.
 Sighting = tuple[_stacks.StackKey, "LabelSet | None"]
+
+# Threads pyproperf starts are named so; the sampler leaves them out.
+INTERNAL_THREAD_PREFIX = "pyproperf-"
 
 # CPU held back waiting for a running sighting is settled after this long.
 MAX_PENDING_NS = 1_000_000_000
@@ -87,7 +91,7 @@ class ThreadState:
         self, clock: int | None, charged: int, wall: int, thread: threading.Thread | None
     ) -> None:
         # pyproperf's own threads (heap sampler, HTTP server) are never sampled.
-        self.internal = thread is not None and thread.name.startswith("pyproperf-")
+        self.internal = thread is not None and thread.name.startswith(INTERNAL_THREAD_PREFIX)
         self.name = thread.name if thread is not None else ""
         self.thread = thread
         self.clock = clock  # the thread's CPU clock id, None if unknown

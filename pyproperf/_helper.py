@@ -52,6 +52,8 @@ class HelperClock:
         self._wake = real.allocate_lock()  # released to wake the helper early
         self._done = real.allocate_lock()  # held while the helper thread runs
         self._probe = real.allocate_lock()  # always held: acquire(timeout) = GIL-free pause
+        self._last_clocks: dict[int, int] = {}  # CPU clocks at the end of the last look
+        self._last_look = 0
 
     def start(self) -> None:
         real = self._real
@@ -98,25 +100,45 @@ class HelperClock:
                     not engine.want_wall
                     and time.monotonic_ns() - engine.last_signal_tick < 2 * period
                 )
-                timeout = (4 if signal_active else 1) * period / 1e9
-                self._wake.acquire(timeout=timeout)
+                timeout = (4 if signal_active else 1) * period
+                asked = time.monotonic_ns()
+                woken = self._wake.acquire(timeout=timeout / 1e9)
                 if not self._running:
                     return
                 if not engine.sampling:
                     continue
+                # How long the GIL took to come back after the wait ended.
+                late = 0 if woken else time.monotonic_ns() - asked - timeout
                 try:
-                    self._look()
+                    self._look(late)
                 except Exception:
                     engine.errors += 1
         finally:
             self._done.release()
 
-    def _look(self) -> None:
+    def _look(self, late: int) -> None:
+        """One look at every thread, after a probe unless the GIL is in heavy demand.
+
+        When getting the GIL back took more than two switch intervals, busy
+        threads queue for it, and a probe would cost two more turns of the
+        queue: the look then takes the time since the last look as its
+        window (a thread that held the GIL a whole interval in it was made
+        to let go, as in a probe).
+        """
         engine = self._engine
-        before = engine.read_clocks() if engine.want_cpu else {}
+        interval = int(sys.getswitchinterval() * 1e9)
+        before: dict[int, int] = {}
         window = 0
-        if before:
-            t0 = time.monotonic_ns()
-            self._probe.acquire(timeout=PROBE_S)  # let go of the GIL
-            window = time.monotonic_ns() - t0
-        engine.helper_tick(before, window, int(sys.getswitchinterval() * 1e9))
+        if engine.want_cpu:
+            if late > 2 * interval and self._last_clocks:
+                before, window = self._last_clocks, time.monotonic_ns() - self._last_look
+            else:
+                before = engine.read_clocks()
+                if before:
+                    t0 = time.monotonic_ns()
+                    self._probe.acquire(timeout=PROBE_S)  # let go of the GIL
+                    window = time.monotonic_ns() - t0
+        engine.helper_tick(before, window, interval)
+        if engine.want_cpu:
+            self._last_clocks = engine.read_clocks(every=True)
+            self._last_look = time.monotonic_ns()

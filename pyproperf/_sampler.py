@@ -29,7 +29,7 @@ from types import CodeType, FrameType
 
 from pyproperf import _hooks, _stacks
 from pyproperf._builder import ProfileBuilder
-from pyproperf._estimate import Sighting, ThreadState, observe, settle
+from pyproperf._estimate import INTERNAL_THREAD_PREFIX, Sighting, ThreadState, observe, settle
 from pyproperf._helper import HelperClock
 from pyproperf._labels import LabelSet
 from pyproperf._sigprof import SignalClock, thread_cpu_clock
@@ -37,8 +37,6 @@ from pyproperf._sigprof import SignalClock, thread_cpu_clock
 __all__ = ["CLOCKS", "INTERNAL_THREAD_PREFIX", "MAX_HZ", "Collector", "engine"]
 
 CLOCKS = ("cpu", "wall")
-# Threads pyproperf starts are named so; the sampler leaves them out.
-INTERNAL_THREAD_PREFIX = "pyproperf-"
 MAX_HZ = 10_000
 
 
@@ -268,8 +266,8 @@ class _Engine:
         self.states = states
         self.last_signal_tick = 0
 
-    def read_clocks(self) -> dict[int, int]:
-        """CPU clocks of the threads that used CPU since they were last charged (or hold some)."""
+    def read_clocks(self, *, every: bool = False) -> dict[int, int]:
+        """CPU clocks of threads that used CPU since last charged or hold some (all: ``every``)."""
         out = {}
         gettime = time.clock_gettime_ns
         covered = self._main_covered()
@@ -280,7 +278,7 @@ class _Engine:
                 cpu = gettime(st.clock)
             except OSError:
                 continue
-            if cpu > st.charged or st.pending:
+            if every or cpu > st.charged or st.pending:
                 out[ident] = cpu
         return out
 
@@ -383,13 +381,21 @@ class _Engine:
         running: bool,
         used: int,
         now: int,
+        *,
+        final: bool = False,
     ) -> None:
-        """Feed one look at a thread to the estimator and the collectors."""
-        if used > 0:
-            st.charged += used
+        """Feed one look at a thread to the estimator and the collectors.
+
+        ``final``: charge everything held back now (a collector leaves,
+        sampling pauses), where ``settle`` says.
+        """
+        used = max(used, 0)
+        st.charged += used
+        if final:
+            st.pending += used
+            charge = settle(st, now, sighting)
         else:
-            used = 0
-        charge = observe(st, sighting, running, used, now)
+            charge = observe(st, sighting, running, used, now)
         if charge is not None:
             (key, labels), nanos = charge
             _credit(collectors, key, labels, st.name, nanos, 0)
@@ -405,8 +411,7 @@ class _Engine:
             return
         now = time.monotonic_ns()
         frames = sys._current_frames()
-        me = self._real.get_ident()
-        frames[me] = sys._getframe()
+        frames[_hooks.real_get_ident()] = sys._getframe()
         active = getattr(threading, "_active", None)
         for ident, frame in frames.items():
             if ident == self.helper.ident:
@@ -414,23 +419,14 @@ class _Engine:
             st = self._state_for(ident, active, now)
             if st.internal:
                 continue
+            used = 0
             if st.clock is not None:
                 try:
-                    cpu = time.clock_gettime_ns(st.clock)
+                    used = time.clock_gettime_ns(st.clock) - st.charged
                 except OSError:
                     continue
-                if cpu > st.charged:
-                    st.pending += cpu - st.charged
-                    st.charged = cpu
             sighting = _stacks.capture(frame, ident)
-            charge = settle(st, now, sighting)
-            if charge is not None:
-                (key, labels), nanos = charge
-                _credit(collectors, key, labels, st.name, nanos, 0)
-            wall = now - st.wall
-            st.wall = now
-            if self.want_wall and wall > 0:
-                _credit(collectors, sighting[0], sighting[1], st.name, 0, wall)
+            self._charge(collectors, st, sighting, False, used, now, final=True)
 
     def _forget_dead(self, frames: dict[int, FrameType], active: object) -> None:
         states = self.states

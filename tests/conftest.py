@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pyproperf import _labels
+from pyproperf import _labels, _sampler
 from tests.pprof_tool import pprof_binary
 
 
@@ -25,7 +25,8 @@ def _go_pprof_available() -> None:
 
 @pytest.fixture(autouse=True)
 def _process_left_clean() -> Iterator[None]:
-    """No armed timer or foreign SIGPROF handler, no leaked thread; tracemalloc, labels as found."""
+    """No armed timer (ITIMER_PROF or our per-thread one) or foreign SIGPROF handler, no leaked
+    thread; tracemalloc, labels as found."""
     handler = signal.getsignal(signal.SIGPROF)
     timer = signal.getitimer(signal.ITIMER_PROF)
     threads = set(threading.enumerate())
@@ -39,6 +40,8 @@ def _process_left_clean() -> Iterator[None]:
         time.sleep(0.01)
     assert not extra, f"threads left running: {extra}"
     assert signal.getitimer(signal.ITIMER_PROF) == timer, "ITIMER_PROF left armed"
+    signals = _sampler.engine.signals
+    assert not signals.armed and signals._timer is None, "SIGPROF timer left armed"
     assert signal.getsignal(signal.SIGPROF) == handler, "SIGPROF handler not restored"
     assert tracemalloc.is_tracing() == tracing, "tracemalloc state changed"
     assert not _labels.frame_labels, f"labels left registered: {_labels.frame_labels}"
