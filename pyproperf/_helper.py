@@ -134,7 +134,8 @@ class HelperClock:
                 before, window = self._last_clocks, time.monotonic_ns() - self._last_look
             else:
                 before = engine.read_clocks()
-                if before:
+                # The main thread, while its own ticks see it, needs no probe.
+                if set(before) - {engine.main_covered()}:
                     t0 = time.monotonic_ns()
                     self._probe.acquire(timeout=PROBE_S)  # let go of the GIL
                     window = time.monotonic_ns() - t0

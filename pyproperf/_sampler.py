@@ -270,9 +270,8 @@ class _Engine:
         """CPU clocks of threads that used CPU since last charged or hold some (all: ``every``)."""
         out = {}
         gettime = time.clock_gettime_ns
-        covered = self._main_covered()
         for ident, st in list(self.states.items()):
-            if st.clock is None or st.internal or ident == covered:
+            if st.clock is None or st.internal:
                 continue
             try:
                 cpu = gettime(st.clock)
@@ -282,7 +281,7 @@ class _Engine:
                 out[ident] = cpu
         return out
 
-    def _main_covered(self) -> int | None:
+    def main_covered(self) -> int | None:
         """The main thread's ident while its own SIGPROF ticks look at it, else None."""
         if self.signals.armed and time.monotonic_ns() - self.last_signal_tick < 2 * self.period_ns:
             return self.signals.main_ident
@@ -344,7 +343,7 @@ class _Engine:
             frames = sys._current_frames()
             now = time.monotonic_ns()
             covered = window * 4 // 5
-            main = self._main_covered()
+            main = self.main_covered()
             for ident, frame in frames.items():
                 if ident == helper or (ident == main and not want_wall):
                     continue

@@ -95,7 +95,7 @@ def test_asyncio_tasks_on_main_loop(tmp_path: Path) -> None:
 
 
 def test_long_c_calls_with_and_without_gil(tmp_path: Path) -> None:
-    check_shares("c_calls", tmp_path, tolerance_pp=12.0)
+    check_shares("c_calls", tmp_path, tolerance_pp=5.0)
 
 
 WAITS = ("nap", "threading.Condition.wait", "threading.Event.wait")
