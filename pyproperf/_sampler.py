@@ -304,9 +304,7 @@ class _Engine:
                 if st.clock is None:
                     return
                 gettime = time.clock_gettime_ns
-                cpu = gettime(st.clock)
                 sighting = _stacks.capture(frame, ident)
-                self._charge(collectors, st, sighting, True, cpu - st.charged, now)
                 others = self.want_wall
                 for other in list(self.states.values()):
                     if others:
@@ -316,8 +314,10 @@ class _Engine:
                             others = gettime(other.clock) > other.charged
                         except OSError:
                             pass
-                # The tick's own CPU stays in: it is the program's too (any
-                # garbage collection it sets off is), as a Go signal handler's is.
+                # Read last: the tick's own CPU goes where the main thread is,
+                # as a Go signal handler's does, with any garbage collection
+                # it set off (the program's garbage, collected at this point).
+                self._charge(collectors, st, sighting, True, gettime(st.clock) - st.charged, now)
             finally:
                 self._tick_lock.release()
             if others:
