@@ -109,22 +109,35 @@ def waiting_share(path: Path) -> float:
     return 100 * waits / total
 
 
+def retried(check: Callable[[float], None]) -> None:
+    """Run ``check(scale)``; on failure once more at twice the scale (sampling noise, as in
+    Go's tests): a bias fails both."""
+    try:
+        check(1.0)
+    except AssertionError:
+        check(2.0)
+
+
 @pytest.mark.parametrize("hz", [100, 200])
 def test_work_then_wait_puts_no_cpu_on_waiting_code(tmp_path: Path, hz: int) -> None:
     """Threads that work, then wait: the wait is where ticks find them, not where CPU went."""
-    path, result = profile_of(lambda: wl.work_then_wait(1.0), tmp_path, hz=hz)
-    truth: dict[str, float] = result  # type: ignore[assignment]
-    rows = top_by_name(path)
-    total = sum(r.flat for r in rows.values())
-    assert 0.95 <= total / sum(wl.THREAD_CPU.values()) <= 1.05, (total, wl.THREAD_CPU)
-    assert waiting_share(path) <= 3.0, pprof("-top", path)
-    # Main's work is seen by its own SIGPROF ticks: all of it lands on work_step.
-    main = top_by_name(path, "-tagfocus=thread=^MainThread$")
-    assert main[f"{M}.work_step"].cum >= 0.9 * truth["main"], (main, truth)
-    # The worker's 4 ms bursts are shorter than the switch interval: no other
-    # thread can see them run, so they are marked, under the loop that waits.
-    worker = top_by_name(path, "-tagfocus=thread=^worker$")
-    assert worker[f"{M}.worker_loop"].cum >= 0.9 * truth["worker"], (worker, truth)
+
+    def check(scale: float) -> None:
+        path, result = profile_of(lambda: wl.work_then_wait(scale), tmp_path, hz=hz)
+        truth: dict[str, float] = result  # type: ignore[assignment]
+        rows = top_by_name(path)
+        total = sum(r.flat for r in rows.values())
+        assert 0.95 <= total / sum(wl.THREAD_CPU.values()) <= 1.05, (total, wl.THREAD_CPU)
+        assert waiting_share(path) <= 3.0, pprof("-top", path)
+        # Main's work is seen by its own SIGPROF ticks: all of it lands on work_step.
+        main = top_by_name(path, "-tagfocus=thread=^MainThread$")
+        assert main[f"{M}.work_step"].cum >= 0.9 * truth["main"], (main, truth)
+        # The worker's 4 ms bursts are shorter than the switch interval: no other
+        # thread can see them run, so they are marked, under the loop that waits.
+        worker = top_by_name(path, "-tagfocus=thread=^worker$")
+        assert worker[f"{M}.worker_loop"].cum >= 0.9 * truth["worker"], (worker, truth)
+
+    retried(check)
 
 
 @pytest.mark.parametrize("hz", [100, 200])
@@ -141,15 +154,21 @@ def test_worker_cpu_kept_when_main_blocks(tmp_path: Path, hz: int, main_work: fl
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_random_work_and_waits_put_no_cpu_on_waiting_code(tmp_path: Path, seed: int) -> None:
     """Three threads (main among them) with random work and waits around the period."""
-    path, result = profile_of(lambda: wl.random_schedule(seed, 0.01), tmp_path)
-    truth: dict[str, float] = result  # type: ignore[assignment]
-    rows = top_by_name(path)
-    total = sum(r.flat for r in rows.values())
-    assert 0.95 <= total / sum(wl.THREAD_CPU.values()) <= 1.05, (total, wl.THREAD_CPU)
-    assert waiting_share(path) <= 3.0, pprof("-top", path)
-    phases = sum(rows[f"{M}.{name}"].cum for name in truth if f"{M}.{name}" in rows)
-    unseen = rows["(ran between samples)"].cum if "(ran between samples)" in rows else 0.0
-    assert phases + unseen >= 0.9 * total, pprof("-top", path)
+
+    def check(scale: float) -> None:
+        path, result = profile_of(
+            lambda: wl.random_schedule(seed, 0.01 * scale), tmp_path
+        )
+        truth: dict[str, float] = result  # type: ignore[assignment]
+        rows = top_by_name(path)
+        total = sum(r.flat for r in rows.values())
+        assert 0.95 <= total / sum(wl.THREAD_CPU.values()) <= 1.05, (total, wl.THREAD_CPU)
+        assert waiting_share(path) <= 3.0, pprof("-top", path)
+        phases = sum(rows[f"{M}.{name}"].cum for name in truth if f"{M}.{name}" in rows)
+        unseen = rows["(ran between samples)"].cum if "(ran between samples)" in rows else 0.0
+        assert phases + unseen >= 0.9 * total, pprof("-top", path)
+
+    retried(check)
 
 
 def test_asyncio_stack_shows_the_coroutine_chain(tmp_path: Path) -> None:
