@@ -13,11 +13,12 @@ python -m tests.benchmarks cpu [--quick]
 
 from __future__ import annotations
 
+import contextlib
 import io
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pyproperf
 from pyproperf import _sampler
@@ -65,7 +66,9 @@ def park(depth: int, ready: threading.Barrier, stop: threading.Event) -> None:
     stop.wait()
 
 
-def sample_cost(threads: int, depth: int, ticks: int) -> float:
+@contextlib.contextmanager
+def parked(threads: int, depth: int, clock: str) -> Iterator[_sampler._Engine]:
+    """``threads`` threads parked ``depth`` frames deep, with the engine feeding one profile."""
     stop = threading.Event()
     ready = threading.Barrier(threads + 1)
     workers = [
@@ -76,21 +79,26 @@ def sample_cost(threads: int, depth: int, ticks: int) -> float:
         t.start()
     ready.wait()
     engine = _sampler.engine
-    collector = _sampler.Collector(100, "wall")
+    collector = _sampler.Collector(100, clock)
     engine.add(collector)
     try:
-        times = []
+        yield engine
+    finally:
+        engine.remove(collector)
+        stop.set()
+        for t in workers:
+            t.join()
+
+
+def sample_cost(threads: int, depth: int, ticks: int) -> float:
+    times = []
+    with parked(threads, depth, "wall") as engine:
         for _ in range(ticks):
             t0 = time.perf_counter()
             # One helper look: the probe's clock reads, then every thread's stack.
             before = engine.read_clocks()
             engine.helper_tick(before, 0, 5_000_000)
             times.append(time.perf_counter() - t0)
-    finally:
-        engine.remove(collector)
-        stop.set()
-        for t in workers:
-            t.join()
     return statistics.median(times)
 
 
@@ -116,28 +124,12 @@ def write_time(n_stacks: int, repeats: int) -> float:
 
 def clock_read_cost(threads: int, reads: int) -> float:
     """One helper look's clock reads (``read_clocks``) with ``threads`` parked threads."""
-    stop = threading.Event()
-    ready = threading.Barrier(threads + 1)
-    workers = [
-        threading.Thread(target=park, args=(5, ready, stop), daemon=True) for _ in range(threads)
-    ]
-    for t in workers:
-        t.start()
-    ready.wait()
-    engine = _sampler.engine
-    collector = _sampler.Collector(100, "cpu")
-    engine.add(collector)
-    try:
-        times = []
+    times = []
+    with parked(threads, 5, "cpu") as engine:
         for _ in range(reads):
             t0 = time.perf_counter()
             engine.read_clocks()
             times.append(time.perf_counter() - t0)
-    finally:
-        engine.remove(collector)
-        stop.set()
-        for t in workers:
-            t.join()
     return statistics.median(times)
 
 
