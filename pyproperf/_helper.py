@@ -29,12 +29,25 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from pyproperf._sampler import _Engine
 
-__all__ = ["PROBE_S", "HelperClock"]
+class Engine(Protocol):
+    """What the helper needs of the sampler engine (``_sampler._Engine``)."""
+
+    period_ns: int
+    last_signal_tick: int
+    want_cpu: bool
+    want_wall: bool
+    sampling: bool
+    errors: int
+
+    def read_clocks(self, *, every: bool = False) -> dict[int, int]: ...
+    def main_covered(self) -> int | None: ...
+    def helper_tick(self, before: dict[int, int], window: int, interval_ns: int) -> None: ...
+
+
+__all__ = ["PROBE_S", "Engine", "HelperClock"]
 
 # How long the helper lets go of the GIL in a probe: long enough for a
 # thread waiting for the GIL to be woken and take it.
@@ -44,7 +57,7 @@ PROBE_S = 0.0002
 class HelperClock:
     """The helper thread: ticks when the SIGPROF handler cannot cover every thread."""
 
-    def __init__(self, engine: _Engine, real: Any) -> None:
+    def __init__(self, engine: Engine, real: Any) -> None:
         self._engine = engine
         self._real = real
         self.ident: int | None = None
