@@ -201,7 +201,6 @@ class _Engine:
         self.period_ns = 1_000_000_000 // hz
         self.sampling = False
         self._hook_thread_exit()
-        self._real = _hooks.real_thread()
         self.helper = HelperClock(self, self._real)
         self.helper.start()
 
