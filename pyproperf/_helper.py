@@ -53,6 +53,10 @@ __all__ = ["PROBE_S", "Engine", "HelperClock"]
 # thread waiting for the GIL to be woken and take it.
 PROBE_S = 0.0002
 
+# While the handler ticks, the helper still looks this often (or every four
+# periods, if longer) to find threads that started without telling us.
+QUIET_LOOK_NS = 50_000_000
+
 
 class HelperClock:
     """The helper thread: ticks when the SIGPROF handler cannot cover every thread."""
@@ -113,7 +117,7 @@ class HelperClock:
                     not engine.want_wall
                     and time.monotonic_ns() - engine.last_signal_tick < 2 * period
                 )
-                timeout = (4 if signal_active else 1) * period
+                timeout = max(4 * period, QUIET_LOOK_NS) if signal_active else period
                 asked = time.monotonic_ns()
                 woken = self._wake.acquire(timeout=timeout / 1e9)
                 if not self._running:

@@ -133,7 +133,7 @@ class _Engine:
         self.signals = SignalClock(self._on_signal)
         self.helper = HelperClock(self, real)
         self.errors = 0  # ticks that failed (never raised into the host program)
-        self._exit_hooked = False
+        self._threads_hooked = False
 
     # -- consumers -------------------------------------------------------------
 
@@ -200,7 +200,7 @@ class _Engine:
     def _start(self, hz: int) -> None:
         self.period_ns = 1_000_000_000 // hz
         self.sampling = False
-        self._hook_thread_exit()
+        self._hook_threads()
         self.helper = HelperClock(self, self._real)
         self.helper.start()
 
@@ -474,11 +474,17 @@ class _Engine:
                 (key, labels), nanos = charge
                 _credit(collectors, key, labels, thread.name, nanos, 0)
 
-    def _hook_thread_exit(self) -> None:
-        """Have every thread's exit report to ``thread_exiting`` (hooked once, for good)."""
-        if self._exit_hooked:
+    def _hook_threads(self) -> None:
+        """Have every new thread wake the helper and report its exit (hooked once, for good)."""
+        if self._threads_hooked:
             return
-        self._exit_hooked = True
+        self._threads_hooked = True
+
+        def enter(thread: threading.Thread, frame: FrameType) -> None:
+            # A new thread: the helper looks now, so the handler's check of
+            # the other threads' clocks includes it from the next tick.
+            if engine._collectors and not thread.name.startswith(INTERNAL_THREAD_PREFIX):
+                engine.helper.wake()
 
         def leave(thread: threading.Thread, frame: FrameType, token: object) -> None:
             if engine._collectors:
@@ -487,7 +493,7 @@ class _Engine:
                 except Exception:
                     engine.errors += 1
 
-        _hooks.on_thread_run(lambda thread, frame: None, leave)
+        _hooks.on_thread_run(enter, leave)
 
 
 def _credit(

@@ -2,8 +2,11 @@
 
 python -m tests.benchmarks cpu [--quick]
 
-* overhead: the same CPU-bound work timed unprofiled and profiled in
-  alternating rounds inside one process; the ratio of medians.
+* overhead: the same CPU-bound work timed unprofiled, profiled and
+  unprofiled again in each round inside one process; the median of the
+  rounds' ratios, beside the noise (A/A) and a bare-signal floor.
+* look rate: helper looks a second with busy threads while main is
+  blocked (the GIL's turn-taking bounds it).
 * sample cost: one tick of the sampler (wall clock, so every thread's
   stack is walked) against thread count and stack depth.
 * write: encoding a profile of 100,000 distinct stacks.
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
+import signal
 import statistics
 import threading
 import time
@@ -40,22 +45,91 @@ def cpu_bound(n: int) -> int:
     return total + len(d)
 
 
-def overhead(hz: int, clock: str, rounds: int) -> tuple[float, float, float]:
-    n = 12_000  # about 0.2 s a round
+def overhead(hz: int, clock: str, rounds: int) -> tuple[float, float, float, float]:
+    """Profiled/unprofiled time of the same work: (round ms, ratio, A/A, bare-signal floor).
+
+    Each round times the work unprofiled, profiled, and unprofiled again;
+    its ratio is profiled over the mean of the two around it, so the
+    machine's drift between rounds cancels.  Medians over rounds.  "A/A"
+    is the second unprofiled time over the first: the noise of the
+    measurement.  The floor is the same ratio with nothing but a no-op
+    Python SIGPROF handler on ``setitimer(ITIMER_PROF)`` at ``hz``: what
+    the platform charges for the signals themselves.
+    """
+    n = 1_500  # about 60 ms a round on the project machine
     cpu_bound(n)
-    base: list[float] = []
-    prof: list[float] = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        cpu_bound(n)
-        base.append(time.perf_counter() - t0)
-        pyproperf.start_cpu_profile(io.BytesIO(), hz=hz, clock=clock)
-        t0 = time.perf_counter()
-        cpu_bound(n)
-        prof.append(time.perf_counter() - t0)
+
+    def paired(
+        start: Callable[[], object], stop: Callable[[], object]
+    ) -> tuple[float, float, float]:
+        ratios: list[float] = []
+        aa: list[float] = []
+        base: list[float] = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            cpu_bound(n)
+            off = time.perf_counter() - t0
+            start()
+            t0 = time.perf_counter()
+            cpu_bound(n)
+            on = time.perf_counter() - t0
+            stop()
+            t0 = time.perf_counter()
+            cpu_bound(n)
+            off2 = time.perf_counter() - t0
+            ratios.append(on / ((off + off2) / 2))
+            aa.append(off2 / off)
+            base.append(off)
+        return statistics.median(base), statistics.median(ratios), statistics.median(aa)
+
+    base, ratio, aa = paired(
+        lambda: pyproperf.start_cpu_profile(io.BytesIO(), hz=hz, clock=clock),
+        pyproperf.stop_cpu_profile,
+    )
+    previous = signal.signal(signal.SIGPROF, lambda signum, frame: None)
+    try:
+        _, floor, _ = paired(
+            lambda: signal.setitimer(signal.ITIMER_PROF, 1 / hz, 1 / hz),
+            lambda: signal.setitimer(signal.ITIMER_PROF, 0, 0),
+        )
+    finally:
+        signal.signal(signal.SIGPROF, previous)
+    return base, ratio, aa, floor
+
+
+def look_rate(busy: int, hz: int, seconds: float) -> tuple[float, float]:
+    """Helper looks a second and the longest gap (ms): ``busy`` threads, main joined."""
+    engine = _sampler.engine
+    looks: list[int] = []
+    original = engine.helper_tick
+
+    def counted(before: dict[int, int], window: int, interval_ns: int) -> None:
+        looks.append(time.monotonic_ns())
+        original(before, window, interval_ns)
+
+    stop = threading.Event()
+
+    def spin() -> None:
+        x = 0
+        while not stop.is_set():
+            for i in range(1_000):
+                x += i
+
+    workers = [threading.Thread(target=spin) for _ in range(busy)]
+    engine.helper_tick = counted  # type: ignore[method-assign]
+    try:
+        pyproperf.start_cpu_profile(io.BytesIO(), hz=hz)
+        timer = threading.Timer(seconds, stop.set)
+        for t in workers:
+            t.start()
+        timer.start()
+        for t in workers:
+            t.join()
         pyproperf.stop_cpu_profile()
-    b, p = statistics.median(base), statistics.median(prof)
-    return b, p, p / b
+    finally:
+        del engine.helper_tick
+    gaps = [b - a for a, b in itertools.pairwise(looks)]
+    return len(looks) / ((looks[-1] - looks[0]) / 1e9), max(gaps) / 1e6
 
 
 def park(depth: int, ready: threading.Barrier, stop: threading.Event) -> None:
@@ -184,14 +258,23 @@ def accuracy(name: str, runs: int) -> tuple[float, float, int]:
 
 
 def main(quick: bool) -> None:
-    rounds = 5 if quick else 21
-    print("### Overhead (CPU-bound work, alternating rounds, medians)\n")
-    print("| clock | hz | unprofiled | profiled | ratio |")
-    print("| --- | --- | --- | --- | --- |")
+    rounds = 10 if quick else 120
+    print("### Overhead (CPU-bound work, paired rounds, medians)\n")
+    print("| clock | hz | unprofiled round | profiled / unprofiled | A/A (noise) "
+          "| bare SIGPROF floor |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for clock in ("cpu", "wall"):
         for hz in (100, 1000):
-            b, p, r = overhead(hz, clock, rounds)
-            print(f"| {clock} | {hz} | {b * 1e3:.1f} ms | {p * 1e3:.1f} ms | {r:.3f} |", flush=True)
+            b, r, aa, floor = overhead(hz, clock, rounds)
+            print(f"| {clock} | {hz} | {b * 1e3:.1f} ms | {r:.3f} | {aa:.3f} | {floor:.3f} |",
+                  flush=True)
+
+    print("\n### Helper looks with busy threads and main blocked in join (hz=1000)\n")
+    print("| busy threads | looks a second | longest gap |")
+    print("| --- | --- | --- |")
+    for busy in (1, 4, 8):
+        rate, gap = look_rate(busy, 1000, 1.0 if quick else 3.0)
+        print(f"| {busy} | {rate:.0f} | {gap:.0f} ms |", flush=True)
 
     print("\n### Cost of one sample (wall clock: every thread's stack walked)\n")
     print("| threads | stack depth | per tick | per thread |")

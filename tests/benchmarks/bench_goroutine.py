@@ -20,6 +20,7 @@ import asyncio
 import collections
 import gc
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -232,24 +233,24 @@ def overhead_table(quick: bool) -> None:
 
         return run
 
-    tb, th, tr = alternate(starts(_goroutine._original_start), starts(_goroutine._start), rounds)
-    # The hook's own work, without the thread: _start with a no-op "original".
-    real = _goroutine._original_start
+    original_start = threading.Thread.start.__wrapped__  # type: ignore[attr-defined]
+    tb, th, tr = alternate(starts(original_start), starts(threading.Thread.start), rounds)
+    # The hook's own work, without the thread: the threadcreate record alone.
     saved = (_goroutine._tc_total, {k: list(v) for k, v in _goroutine._tc_stacks.items()})
-    _goroutine._original_start = lambda t: None
     try:
         dummy = threading.Thread(target=int)
+        caller = sys._getframe()
 
         def hooks() -> None:
             for _ in range(10_000):
-                _goroutine._start(dummy)
+                _goroutine._started(dummy, caller)
 
         hook_cost = median_time(hooks, rounds)
     finally:
-        _goroutine._original_start = real
         _goroutine._tc_total, stacks = saved
         _goroutine._tc_stacks.clear()
         _goroutine._tc_stacks.update(stacks)
+        _goroutine._creators.pop(dummy, None)
 
     GOROUTINE.render(0)  # greenlet tracking on
     hook = _goroutine._greenlets._on_gc
