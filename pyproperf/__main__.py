@@ -163,7 +163,10 @@ def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace, program: list[
         target, program_args = program[0], program[1:]
     else:
         target, program_args = ns.module, program
-    output = ns.output or ("wall.pb.gz" if ns.clock == "wall" else "cpu.pb.gz")
+    if ns.output is not None:
+        output = ns.output
+    else:
+        output = "wall.pb.gz" if ns.clock == "wall" else "cpu.pb.gz"
     for option, path in (("-o/--output", output), ("--heap", ns.heap)):
         if path is not None:
             problem = _cli_run.check_output_path(path)

@@ -29,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import types
 import zipfile
 from collections.abc import Callable, Sequence
@@ -65,13 +66,15 @@ class Options:
 
 def check_output_path(path: str) -> str:
     """Why ``path`` cannot receive a profile ("" if it can), checked before the program runs."""
-    if os.path.isdir(path):
-        return f"{path!r} is a directory"
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        return f"directory does not exist: {directory}"
-    if not os.access(directory, os.W_OK | os.X_OK):
-        return f"directory is not writable: {directory}"
+    try:
+        _io.check_path(path, repr(path))
+    except OSError as exc:
+        if exc.strerror is None:
+            return str(exc)
+        where = exc.filename if exc.filename not in (None, path) else None
+        return f"{exc.strerror}: {where}" if where else exc.strerror
+    except (ValueError, TypeError) as exc:
+        return str(exc)
     return ""
 
 
@@ -126,9 +129,7 @@ def run(options: Options, target: str, args: Sequence[str], *, module: bool) -> 
         return _outcome(failure, print_traceback=True)
     if failure is not None and not isinstance(failure, SystemExit):
         _print_exception(failure)
-    interrupted = _wait_for_program_threads(ours)
-    if interrupted is not None and failure is None:
-        failure = interrupted
+    _wait_for_program_threads(ours)
 
     # Write everything, with Ctrl-C held back until the files are whole.
     held = _HoldInterrupts()
@@ -296,21 +297,44 @@ def _silence_once(exc: BaseException) -> None:
     exc.__traceback__ = None
 
 
-def _wait_for_program_threads(ours: set[threading.Thread]) -> KeyboardInterrupt | None:
-    """Join the non-daemon threads the program started, as interpreter exit does."""
+def _wait_for_program_threads(ours: set[threading.Thread]) -> None:
+    """Do what interpreter exit does first: threading's exit hooks, then join threads.
+
+    ``threading._shutdown`` is the function Python itself calls at exit (it
+    also runs ``concurrent.futures``' exit hooks, so pools finish inside the
+    profile).  Ctrl-C while it waits is reported and ignored, as Python
+    does: the exit status stays the program's, the threads still running
+    are abandoned, and Python does not wait for them a second time.
+    """
+    shutdown = getattr(threading, "_shutdown", None)
     try:
-        while True:
+        if callable(shutdown):
+            shutdown()
+            return
+        while True:  # no _shutdown (another implementation): join as it would
             pending = [
                 t for t in threading.enumerate()
                 if t not in ours and not t.daemon and t.is_alive()
                 and t is not threading.current_thread()
             ]
             if not pending:
-                return None
+                return
             for t in pending:
                 t.join()
     except KeyboardInterrupt as exc:
-        return exc
+        _report_ignored(exc)
+
+
+def _report_ignored(exc: BaseException) -> None:
+    """Print an exception Python ignores at thread shutdown, the way Python prints it."""
+    try:
+        if sys.version_info < (3, 13):
+            print(f"Exception ignored in: {threading!r}", file=sys.stderr)
+        tb = exc.__traceback__
+        tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb  # from threading on
+        traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+    except (OSError, ValueError):  # stderr closed
+        pass
 
 
 class _HoldInterrupts:
@@ -394,7 +418,7 @@ def _deliver(
 ) -> bool:
     """Write ``data`` to ``path`` whole and say so (naming it ``shown``); False on failure."""
     try:
-        _io.write_file_atomic(path, data)
+        _io.write_file(path, data)
     except OSError as exc:
         _say(f"could not write {shown}: {exc}")
         return False

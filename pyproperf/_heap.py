@@ -478,7 +478,7 @@ def _write_at_exit(path: str) -> None:
     """Write the ``heap`` profile of a whole-program run (``PYPROPERF_HEAP``), then stop."""
     try:
         target = path.replace("%p", str(os.getpid()))
-        _io.write_file_atomic(target, render("heap", 0))
+        _io.write_file(target, render("heap", 0))
     except Exception as exc:
         print(f"pyproperf: could not write the heap profile {path}: {exc}", file=sys.stderr)
     finally:

@@ -1,24 +1,28 @@
 """Where profiles go: checked binary writers and atomic file writes.
 
 Every output path funnels through here so that bad destinations fail
-early with a precise error, and a failed write never leaves a
-half-written profile that looks like a good one.
+early with a precise error, a failed write never leaves a half-written
+profile that looks like a good one, and writing a profile never changes
+what the path was: links stay links, devices stay devices, modes stay.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
-import tempfile
+import secrets
+import stat
 from typing import IO, Any, Protocol
 
 __all__ = [
     "BinaryWriter",
+    "check_path",
     "check_writer",
     "deliver",
     "open_target",
     "write_all",
-    "write_file_atomic",
+    "write_file",
 ]
 
 
@@ -73,16 +77,74 @@ def write_all(w: BinaryWriter, data: bytes) -> None:
         flush()
 
 
-def write_file_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace the file at ``path`` with ``data`` all at once (temp file + rename)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".pyproperf-", suffix=".tmp", dir=directory)
+def check_path(path: str | os.PathLike[str], what: str = "path") -> str:
+    """Check now that a profile can be written to ``path`` later; return it as a str.
+
+    Errors come here, when a profile starts, not when it ends with its
+    samples: an empty path (ValueError), a directory (IsADirectoryError), a
+    missing directory (FileNotFoundError), a directory where no file can be
+    made (the OSError of trying: ``/proc``, read-only mounts), a special
+    file that cannot be opened for writing (PermissionError).
+    """
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a str or os.PathLike[str] path, not bytes")
+    if not text:
+        raise ValueError(f"{what} is an empty path")
+    real = os.path.realpath(text)
+    st = _stat_or_none(real)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, f"{what} is a directory", text)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        if not os.access(real, os.W_OK):
+            raise PermissionError(errno.EACCES, f"{what} is not writable", text)
+        return text  # a device or FIFO: written in place
+    directory = os.path.dirname(real)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, f"{what}: directory does not exist", directory)
+    try:
+        fd, probe = _create_temp(directory)
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"{what}: cannot create a file in {directory}: "
+                        f"{exc.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
+    return text
+
+
+def write_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` the way a careful tool does.
+
+    * A regular file (or a new one) is replaced all at once: a temporary
+      file in the same directory, then a rename, so a reader never sees
+      half a profile and a failed write leaves the old file as it was.
+    * A symbolic link is followed: its target gets the profile, the link
+      stays a link.
+    * An existing file keeps its permission bits (and owner, when we may
+      set it); a new file gets ``0o666`` less the umask, as ``open()``
+      would make it.  Profiles hold command lines and label values, so a
+      ``umask 077`` or a ``0600`` file must keep them private.
+    * A device or FIFO (``/dev/stdout``, a named pipe) is written in place:
+      renaming over it would replace it with a regular file.
+    """
+    real = os.path.realpath(os.fspath(path))
+    st = _stat_or_none(real)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        with open(real, "wb") as f:
+            write_all(f, data)
+        return
+    fd, tmp = _create_temp(os.path.dirname(real))
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+            if st is not None:
+                # Before any data is in it: the old file's mode and owner.
+                os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
+                try:
+                    os.fchown(f.fileno(), st.st_uid, st.st_gid)
+                except OSError:
+                    pass  # not ours to give away: the file becomes ours
+            write_all(f, data)
+        os.replace(tmp, real)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -91,19 +153,35 @@ def write_file_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
-def open_target(target: object, what: str = "path") -> str | os.PathLike[str] | IO[bytes]:
+def _stat_or_none(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _create_temp(directory: str) -> tuple[int, str]:
+    """A new empty file in ``directory`` made with mode 0o666, so the umask applies."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        name = os.path.join(directory, f".pyproperf-{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", directory)
+
+
+def open_target(target: object, what: str = "path") -> str | IO[bytes]:
     """Accept a path (str or PathLike) or a binary writer; check it now, write later."""
     if isinstance(target, (str, os.PathLike)):
-        directory = os.path.dirname(os.path.abspath(os.fspath(target)))
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"{what}: directory does not exist: {directory}")
-        return target
+        return check_path(target, what)
     return check_writer(target, what)  # type: ignore[return-value]
 
 
 def deliver(target: str | os.PathLike[str] | BinaryWriter, data: bytes) -> None:
-    """Write a finished profile to a path (atomically) or to a binary writer."""
+    """Write a finished profile to a path (see ``write_file``) or to a binary writer."""
     if isinstance(target, (str, os.PathLike)):
-        write_file_atomic(target, data)
+        write_file(target, data)
     else:
         write_all(target, data)

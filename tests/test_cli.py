@@ -284,6 +284,47 @@ def test_non_daemon_threads_are_waited_for(tmp_path: Path) -> None:
     assert "thread:" in pprof("-tags", tmp_path / "cpu.pb.gz")
 
 
+WAITED_FOR = '''
+import threading
+
+def worker():
+    hot(0.2)
+    threading.main_thread().join()  # returns when exit starts waiting for us
+    print("ready", flush=True)
+    threading.Event().wait(60)
+
+threading.Thread(target=worker).start()
+'''
+
+
+def interrupt_exit(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """SIGINT once the interpreter's exit is waiting for a non-daemon thread."""
+    proc = subprocess.Popen(
+        args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
+def test_ctrl_c_while_exit_waits_for_threads_is_ignored_as_python_does(tmp_path: Path) -> None:
+    program(tmp_path, WAITED_FOR)
+    plain = interrupt_exit([sys.executable, "prog.py"], tmp_path)
+    ours = interrupt_exit([sys.executable, "-m", "pyproperf", "run", "prog.py"], tmp_path)
+    # Python reports the KeyboardInterrupt as ignored and exits with the
+    # program's status, without waiting for the thread again.
+    assert plain.returncode == ours.returncode == 0, (plain, ours)
+    for out in (plain, ours):
+        assert out.stderr.count("KeyboardInterrupt") == 1, out.stderr
+        assert "threading.py" in out.stderr
+        if sys.version_info < (3, 13):
+            assert "Exception ignored in: <module 'threading'" in out.stderr, out.stderr
+    assert len(summary_lines(ours.stderr)) == 1
+    assert_profile(tmp_path / "cpu.pb.gz", "__main__.worker", "__main__.hot")
+
+
 def test_forked_child_does_not_write(tmp_path: Path) -> None:
     program(tmp_path, '''
         import os
