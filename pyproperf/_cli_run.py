@@ -7,13 +7,14 @@ fresh ``__main__`` module that stays in ``sys.modules`` after it ends,
 ``-m``), and its exit status: ``SystemExit`` as Python handles it, an
 uncaught exception printed through ``sys.excepthook`` with status 1, and
 Ctrl-C (``KeyboardInterrupt``) ending the process by SIGINT, as Python 3.8+
-does.  As at interpreter exit, non-daemon threads the program started are
-waited for before the profile is closed.
+does.  As at interpreter exit (through the same ``threading._shutdown``),
+threading's exit hooks run and non-daemon threads are waited for before
+the profile is closed; Ctrl-C during that wait is reported and ignored.
 
 The CPU profile is a ``cpu_profile`` section, not ``start_cpu_profile``,
 so the program itself (and ``/debug/pprof/profile`` under ``--http``) can
-still call ``start_cpu_profile``.  Files are written whole (temporary file
-and rename), also when the program raises or is interrupted.
+still call ``start_cpu_profile``.  Files are written whole (``_io.write_file``),
+also when the program raises or is interrupted.
 """
 
 from __future__ import annotations

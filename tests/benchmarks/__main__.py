@@ -2,6 +2,8 @@
 
 Each benchmark module has ``main(quick: bool) -> None`` and prints a
 Markdown table of medians.  ``--quick`` shrinks the rounds for a smoke run.
+The benchmarks in ``ON_REQUEST`` run only when named: the soak lasts ten
+minutes (two variants of five), which would nearly double the default run.
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ import sys
 import time
 from pathlib import Path
 
+# Run only when named (``python -m tests.benchmarks soak``), never by default.
+ON_REQUEST = frozenset({"soak"})
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks")
-    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all), e.g. cpu")
+    parser.add_argument(
+        "names", nargs="*",
+        help=f"benchmarks to run (default: all but {', '.join(sorted(ON_REQUEST))}), e.g. cpu",
+    )
     parser.add_argument("--quick", action="store_true", help="few rounds: a smoke run")
     args = parser.parse_args()
     here = Path(__file__).parent
@@ -27,7 +35,7 @@ def main() -> int:
         for m in pkgutil.iter_modules([str(here)])
         if m.name.startswith("bench_")
     )
-    names = args.names or found
+    names = args.names or [name for name in found if name not in ON_REQUEST]
     cpu = platform.processor() or platform.machine()
     try:
         model = next(
