@@ -39,8 +39,8 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import pyproperf
-from pyproperf import _io
-from pyproperf._builder import decode, gzip_bytes
+from pyproperf import _io, _stacks
+from pyproperf._builder import decode
 
 __all__ = ["Options", "UsageError", "check_output_path", "run"]
 
@@ -116,6 +116,11 @@ def run(options: Options, target: str, args: Sequence[str], *, module: bool) -> 
     section = pyproperf.cpu_profile(cpu_buffer, hz=options.hz, clock=options.clock)
     pid = os.getpid()
     launcher = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    # Every profile of this process (the files, --http's endpoints) starts
+    # its stacks at the program, without runpy's and our frames.
+    _stacks.set_launcher_files(
+        f for f in ("<frozen runpy>", getattr(runpy, "__file__", None), launcher) if f
+    )
     _prepare_sys(target, args, module)
     section.__enter__()
     ours = set(threading.enumerate())
@@ -139,7 +144,7 @@ def run(options: Options, target: str, args: Sequence[str], *, module: bool) -> 
         section.__exit__(None, None, None)
         if server is not None:
             server.stop()
-        cpu = _strip_runner_roots(cpu_buffer.getvalue(), launcher)
+        cpu = cpu_buffer.getvalue()
         ok = _deliver(cpu_path, options.output, cpu, _cpu_summary, elapsed)
         if heap is not None:
             ok = _deliver(heap_path, options.heap or "", heap(), _heap_summary, elapsed) and ok
@@ -212,51 +217,9 @@ def _execute(target: str, module: bool) -> None:
         exec(code, main.__dict__)
 
 
-def _is_runner_file(filename: str, launcher: str = "") -> bool:
-    """Code of the launcher: runpy, pyproperf, the ``pyproperf`` console script."""
-    return (
-        filename.startswith(_PACKAGE_DIR)
-        or filename in ("<frozen runpy>", getattr(runpy, "__file__", None))
-        or (bool(launcher) and filename == launcher)
-    )
-
-
 def _is_runner_frame(frame: FrameType) -> bool:
-    return _is_runner_file(frame.f_code.co_filename)
-
-
-def _strip_runner_roots(data: bytes, launcher: str) -> bytes:
-    """Drop the launcher's frames (``python -m pyproperf``'s runpy calls) at stack roots.
-
-    A stack then starts at the program's ``<module>``, as when the program
-    runs as ``python script.py`` and profiles itself.  Samples taken while
-    only the launcher ran (compiling the script, writing the profile) go.
-    """
-    profile = decode(data)
-    st = profile.string_table
-    runner_functions = {
-        f.id for f in profile.function if _is_runner_file(st[f.filename], launcher)
-    }
-    runner_locations = {
-        loc.id
-        for loc in profile.location
-        if loc.line and all(ln.function_id in runner_functions for ln in loc.line)
-    }
-    if not runner_locations:
-        return data
-    launcher_only = []
-    for i, sample in enumerate(profile.sample):
-        ids = sample.location_id
-        n = len(ids)
-        while n and ids[n - 1] in runner_locations:
-            n -= 1
-        if n == 0 and ids:
-            launcher_only.append(i)
-        elif n < len(ids):
-            del ids[n:]
-    for i in reversed(launcher_only):
-        del profile.sample[i]
-    return gzip_bytes(profile.SerializeToString())
+    """A frame of the launcher: runpy, pyproperf, the ``pyproperf`` console script."""
+    return _stacks.is_launcher_file(frame.f_code.co_filename)
 
 
 def _print_exception(exc: BaseException) -> None:

@@ -115,8 +115,12 @@ def _snapshot() -> tuple[dict[Site, tuple[int, int, bool]], int] | None:
             totals[key] = total
     del traces
     out: dict[Site, tuple[int, int, bool]] = {}
+    own = _heap_names.allocated_by_profiler
     for key, sizes in groups.items():
         tb = key[1] if type(key[0]) is int else key
+        if own(tb):  # pyproperf's own memory is not the program's
+            nblocks -= len(sizes)
+            continue
         out[key] = (len(sizes), sum(sizes), totals[key] > len(tb))
     return out, nblocks
 

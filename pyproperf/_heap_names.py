@@ -25,10 +25,11 @@ from collections.abc import Iterable
 from types import CodeType, ModuleType
 from typing import Any, NamedTuple
 
+from pyproperf import _stacks
 from pyproperf._builder import Frame
 from pyproperf._stacks import TRUNCATED, Resolver
 
-__all__ = ["Site", "Stacks", "index", "resolve_stacks"]
+__all__ = ["Site", "Stacks", "allocated_by_profiler", "index", "resolve_stacks"]
 
 # A site: the traceback ((filename, lineno), ...) leaf first for domain 0,
 # else (domain, traceback).  Tuples compare by content, so a site from one
@@ -37,7 +38,6 @@ Site = tuple[Any, ...]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _CO_OPTIMIZED = 0x1
-_CO_GENLIKE = 0x20 | 0x80 | 0x100 | 0x200  # generator, coroutine, iterable coro, async gen
 _NO_PYTHON_FRAME = Frame("(no Python frame)", "<unknown>", 0, 0)
 
 # One candidate function for a line: (qualified name, first line, names the
@@ -67,14 +67,11 @@ class _Node:
             if code is None:
                 self._lines = frozenset()
             else:
-                lines = _code_lines(code)
-                if self.depth and len(lines) > 1 and not code.co_flags & _CO_GENLIKE:
-                    # A function's first line also belongs to the code defining
-                    # it (MAKE_FUNCTION there): leave it to the definer.
-                    # Generators and coroutines keep it: their objects are
-                    # created on that line, in their own frame.
-                    lines.discard(code.co_firstlineno)
-                self._lines = frozenset(lines)
+                # A function's first line belongs to it too (a frame stopped
+                # at its entry, before its first statement, is on that line)
+                # and to the code defining it (MAKE_FUNCTION): ``find`` gives
+                # both, and ``_choose`` tells them apart by the caller.
+                self._lines = frozenset(_code_lines(code) | {code.co_firstlineno})
         return self._lines
 
     def set_children(self, children: list[_Node]) -> None:
@@ -423,8 +420,9 @@ def resolve_stacks(sites: Iterable[tuple[Site, bool]], resolver: Resolver) -> St
     """Resolve each site's traceback to frames, leaf first.
 
     pyproperf's own frames are dropped where they wrap user code
-    (decorators, ``do``), as in CPU profiles, and kept where pyproperf
-    itself allocated, so the profiler's own memory stays visible.
+    (decorators, ``do``), as in CPU profiles, and so are ``run``'s launcher
+    frames at the root.  (Sites pyproperf itself allocated never get here:
+    ``allocated_by_profiler`` filters them out of snapshots.)
     """
     sites = list(sites)
     tbs: list[tuple[tuple[str, int], ...]] = [
@@ -449,6 +447,10 @@ def resolve_stacks(sites: Iterable[tuple[Site, bool]], resolver: Resolver) -> St
     truncated_index = -1
     out: list[list[int]] = []
     for tb, (_, truncated) in zip(tbs, sites, strict=True):
+        stripped = _strip_launcher_root(tb)
+        if len(stripped) < len(tb):
+            # Launcher frames are the outermost ones: what was cut off are more.
+            tb, truncated = stripped, False
         stack: list[int] = []
         below_user = False  # a user frame is nearer the leaf
         prev: tuple[str, int] | None = None
@@ -477,6 +479,14 @@ def resolve_stacks(sites: Iterable[tuple[Site, bool]], resolver: Resolver) -> St
             stack.append(truncated_index)
         out.append(stack)
     return Stacks(frames, out)
+
+
+def _strip_launcher_root(tb: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+    """``tb`` without ``run``'s launcher frames at its root (as ``_stacks`` does for CPU)."""
+    n = len(tb)
+    while n and _stacks.is_launcher_file(tb[n - 1][0]):
+        n -= 1
+    return tb[:n] if n else tb
 
 
 def _choose(
@@ -520,6 +530,29 @@ def _choose(
 
 
 _OWN, _STDLIB, _USER = 0, 1, 2
+_kinds: dict[str, int] = {}  # filename -> _file_kind (a handful of files)
+
+
+def allocated_by_profiler(tb: tuple[tuple[str, int], ...]) -> bool:
+    """Whether a traceback (leaf first) is pyproperf's own allocation, or only the launcher's.
+
+    Own: walking out from the leaf, a pyproperf frame comes before any
+    frame of user code (the CPU sampler's handler on top of a user's
+    stack, the helper and HTTP threads, pyproperf calling the standard
+    library).  A pyproperf frame farther out wraps user code (``do``, the
+    decorators): that allocation is the user's.  Launcher only: under
+    ``run``, every frame is runpy's or the runner's.
+    """
+    kinds = _kinds
+    for filename, _ in tb:
+        kind = kinds.get(filename)
+        if kind is None:
+            kind = kinds[filename] = _file_kind(filename)
+        if kind == _OWN:
+            return True
+        if kind == _USER:
+            return False
+    return bool(tb) and all(_stacks.is_launcher_file(filename) for filename, _ in tb)
 
 
 @functools.lru_cache(maxsize=1)

@@ -112,6 +112,8 @@ class Collector:
             pairs: list[tuple[str, str]] = list(labels.pairs) if labels else []
             if thread_name and not any(k == "thread" for k, _ in pairs):
                 pairs.append(("thread", thread_name))
+            if key and not _stacks.strip_launcher_root(key):
+                continue  # only ``run``'s launcher ran (compiling the program, exiting)
             builder.add_ids(resolver.location_ids(key, builder), [count, nanos], pairs)
         return builder.to_gzip()
 

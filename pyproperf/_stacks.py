@@ -14,6 +14,7 @@ import bisect
 import os
 import sys
 import weakref
+from collections.abc import Iterable
 from types import CodeType, FrameType, ModuleType
 
 from pyproperf import _labels
@@ -26,8 +27,11 @@ __all__ = [
     "Resolver",
     "StackKey",
     "capture",
+    "is_launcher_file",
     "is_own_code",
+    "set_launcher_files",
     "stack_key",
+    "strip_launcher_root",
 ]
 
 # A stack key: (code, lasti, code, lasti, ...), innermost frame first.
@@ -54,6 +58,37 @@ UNSEEN = _Unseen()
 UNSEEN_FRAME = Frame("(ran between samples)", "", 0, 0)
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+# ``python -m pyproperf run`` runs the program under runpy and pyproperf's
+# runner, whose frames sit at the root of the main thread's stacks.  The
+# runner names their files here; every profile leaves such root frames out,
+# so stacks start at the program's ``<module>``, as under ``python script.py``.
+_launcher_files: frozenset[str] = frozenset()
+
+
+def set_launcher_files(files: Iterable[str]) -> None:
+    """Name the files of the launcher running the program (pyproperf's own always count)."""
+    global _launcher_files
+    _launcher_files = frozenset(files)
+
+
+def is_launcher_file(filename: str) -> bool:
+    """Whether frames of ``filename`` at a stack's root belong to the launcher."""
+    files = _launcher_files
+    return bool(files) and (filename in files or filename.startswith(_PACKAGE_DIR))
+
+
+def strip_launcher_root(key: StackKey) -> StackKey:
+    """``key`` without launcher frames at its root (the key itself outside ``run``)."""
+    if not _launcher_files:
+        return key
+    n = len(key)
+    while n >= 2:
+        filename = getattr(key[n - 2], "co_filename", "")  # None: a truncated root
+        if not filename or not is_launcher_file(filename):
+            break
+        n -= 2
+    return key if n == len(key) else key[:n]
 
 
 def is_own_code(code: CodeType) -> bool:
@@ -142,6 +177,7 @@ class Resolver:
         """Resolve a whole stack key, leaf first."""
         out = []
         hide = self._hide_own
+        key = strip_launcher_root(key)
         for i in range(0, len(key), 2):
             code = key[i]
             if code is None:
@@ -164,6 +200,7 @@ class Resolver:
             self._ids_builder = builder
         out = []
         get = cache.get
+        key = strip_launcher_root(key)
         # Codes stay alive while their keys exist, so id() is unique here.
         for code, lasti in zip(key[::2], key[1::2], strict=False):
             k = (id(code) << 24) + lasti  # type: ignore[operator]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pprof_tool import check_valid, load, pprof, top_by_name
+from tests.pprof_tool import check_valid, load, pprof, stacks, top_by_name
 
 EXAMPLES = Path(__file__).parent / "examples"
 
@@ -440,6 +440,64 @@ def test_http_serves_while_the_program_runs(tmp_path: Path) -> None:
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert_profile(tmp_path / "cpu.pb.gz", "__main__.hot")
+
+
+def frames_of(path: Path) -> set[str]:
+    """Every function name in any stack of a profile file."""
+    return {name for names, _, _ in stacks(load(path)) for name in names}
+
+
+def test_heap_stacks_are_the_programs_only(tmp_path: Path) -> None:
+    """``run --heap --http``: no pyproperf or launcher frame in any heap or CPU stack.
+
+    The CPU sampler, the heap snapshot thread and the HTTP server all
+    allocate while the program runs; none of it may show, while the
+    program's own sites (also one under ``pyproperf.do``) do.
+    """
+    program(tmp_path, '''
+        import os, time
+        import pyproperf
+
+        def build():
+            return [{"id": i, "name": f"user{i}"} for i in range(50_000)]
+
+        def labeled_part(ctx):
+            return [bytes(100_000) for _ in range(5)]
+
+        rows = build()
+        extra = pyproperf.do(None, pyproperf.labels("part", "x"), labeled_part)
+        print("ready", flush=True)
+        deadline = time.monotonic() + 60
+        while not os.path.exists("go") and time.monotonic() < deadline:
+            hot(0.02)
+    ''')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyproperf", "run", "--heap", "heap.pb.gz",
+         "--http", "127.0.0.1:0", "prog.py"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        url = proc.stderr.readline().split()[-1]
+        assert proc.stdout.readline() == "ready\n"
+        for endpoint, name in (("heap", "served_heap"), ("allocs", "served_allocs"),
+                               ("profile?seconds=1", "served_cpu")):
+            with urllib.request.urlopen(url + endpoint, timeout=60) as response:
+                (tmp_path / f"{name}.pb.gz").write_bytes(response.read())
+    finally:
+        (tmp_path / "go").touch()
+        _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    for name in ("heap", "served_heap", "served_allocs", "served_cpu", "cpu"):
+        names = frames_of(tmp_path / f"{name}.pb.gz")
+        alien = {n for n in names if n.startswith(("pyproperf", "runpy", "<frozen runpy>"))}
+        assert not alien, (name, alien)
+        assert "__main__.<module>" in names, name  # stacks start at the program
+    for name in ("heap", "served_heap", "served_allocs"):
+        rows = top_by_name(tmp_path / f"{name}.pb.gz", "-sample_index=inuse_space")
+        assert rows["__main__.build"].cum >= 3_000_000, (name, rows)  # type: ignore[attr-defined]
+        assert rows["__main__.labeled_part"].cum >= 500_000, name  # type: ignore[attr-defined]
+    assert "__main__.hot" in frames_of(tmp_path / "served_cpu.pb.gz")
 
 
 def test_http_address_in_use(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 import pyproperf
 from pyproperf import _heap, _heap_names
+from pyproperf._stacks import Resolver
 from tests.pprof_tool import check_valid, load, pprof, raw, stacks, tags, top_by_name
 
 HERE = __name__  # the module name pyproperf gives functions of this file
@@ -548,3 +549,38 @@ def test_lines_resolve_to_enclosing_functions(
     for fn, at_least in expected.items():
         assert leaves.get(fn, 0) >= at_least, (fn, leaves)
     del keep
+
+
+ENTRY_MODULE = '''\
+import sys
+
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+def main():
+    return fib(20)
+
+main()
+'''
+
+
+def test_frame_at_a_function_entry_is_named_for_the_function(tmp_path: Path) -> None:
+    """A frame stopped on its ``def`` line (entry) is that function, not the module."""
+    path = tmp_path / "entry_mod.py"
+    path.write_text(ENTRY_MODULE)
+    f = str(path)
+    sites = [
+        # fib at its entry (line 3), called from fib (line 4), from main, from the module
+        (((f, 3), (f, 4), (f, 7), (f, 9)), False),
+        # the module itself on line 3, running `def fib` (the root of the traceback)
+        (((f, 3),), False),
+        # fib's entry, called from main
+        (((f, 3), (f, 7), (f, 9)), False),
+    ]
+    _heap._index.clear()
+    try:
+        got = _heap_names.resolve_stacks(sites, Resolver())
+    finally:
+        _heap._index.clear()
+    names = [[got.frames[j].function.rpartition(".")[2] for j in stack] for stack in got.stacks]
+    assert names == [["fib", "fib", "main", "<module>"], ["<module>"], ["fib", "main", "<module>"]]
