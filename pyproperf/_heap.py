@@ -28,13 +28,15 @@ frames into functions is ``_heap_names``; writing proto and text is
 from __future__ import annotations
 
 import _tracemalloc
+import contextlib
+import contextvars
 import functools
 import os
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -401,6 +403,23 @@ def count(name: str) -> int:
     return len(_observe().records)
 
 
+# Set while a server renders a profile (``pyproperf.http``): an empty profile
+# explains itself in its comments; a warning would land in the host's stderr.
+_serving: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "pyproperf_heap_serving", default=False
+)
+
+
+@contextlib.contextmanager
+def serving() -> Iterator[None]:
+    """Render without warnings in this context (a server answering a request)."""
+    token = _serving.set(True)
+    try:
+        yield
+    finally:
+        _serving.reset(token)
+
+
 def render(name: str, debug: int) -> bytes:
     """The whole ``heap`` or ``allocs`` profile: gzipped proto (debug <= 0) or Go's text.
 
@@ -412,7 +431,7 @@ def render(name: str, debug: int) -> bytes:
     _ensure_sampler()
     with _data_lock:
         data = _observe()
-        if not data.tracing:
+        if not data.tracing and not _serving.get():
             _warn(
                 f"pyproperf: the {name} profile is empty because tracemalloc is not tracing; "
                 "turn heap profiling on with pyproperf.start_heap_profile() or "

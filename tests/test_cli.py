@@ -597,3 +597,17 @@ def test_examples_run_plain(tmp_path: Path, example: str) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout and out.stderr == ""
     assert os.listdir(tmp_path) == []
+
+
+def test_help_and_readme_agree_on_what_heap_writes(tmp_path: Path) -> None:
+    out = run("--help", cwd=tmp_path)
+    assert out.returncode == 0
+    help_text = " ".join(out.stdout.split())
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `--heap FILE`"))
+    for text in (help_text, row.replace("`", "")):
+        assert "allocs profile" in text and "heap profile" not in text, text
+    # What it writes is what they say: an allocs profile, alloc_space first.
+    program(tmp_path, "kept = [bytes(1000) for _ in range(1000)]\n")
+    assert run("--heap", "h.pb.gz", "prog.py", cwd=tmp_path).returncode == 0
+    assert "Type: alloc_space" in pprof("-top", tmp_path / "h.pb.gz")

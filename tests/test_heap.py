@@ -584,3 +584,34 @@ def test_frame_at_a_function_entry_is_named_for_the_function(tmp_path: Path) -> 
         _heap._index.clear()
     names = [[got.frames[j].function.rpartition(".")[2] for j in stack] for stack in got.stacks]
     assert names == [["fib", "fib", "main", "<module>"], ["<module>"], ["fib", "main", "<module>"]]
+
+
+SERVED_WHILE_OFF = '''
+import io, sys, urllib.request
+import pyproperf, pyproperf.http
+
+server = pyproperf.http.serve("127.0.0.1:0")
+for path in ("heap?debug=1", "allocs?debug=1", "heap"):
+    with urllib.request.urlopen(server.url + path, timeout=60) as r:
+        body = r.read()
+        print(r.status, body.decode() if "debug" in path else len(body), flush=True)
+server.stop()
+print("served", flush=True)
+sys.stderr.flush()
+pyproperf.lookup("heap").write_to(io.BytesIO())  # a direct call still warns
+'''
+
+
+def test_served_heap_while_off_explains_itself_and_keeps_stderr_clean(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", SERVED_WHILE_OFF], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120, check=False, env={**os.environ, "PYTHONWARNINGS": "default"},
+    )
+    assert out.returncode == 0, out.stderr
+    head, _, _ = out.stdout.partition("served\n")
+    assert head.count("200 ") == 3, out.stdout
+    assert "tracemalloc is not tracing" in head  # the explanation is in the response
+    # Nothing from the server's requests on stderr; the direct call's warning
+    # (the positive control) is the only thing there.
+    assert out.stderr.count("RuntimeWarning") == 1, out.stderr
+    assert out.stderr.lstrip().startswith("<string>:"), out.stderr
