@@ -5,7 +5,11 @@ event loop's own thread: that is the thread a Python profiler sees best
 (a helper thread can starve while the loop runs), and the goroutine
 profile sees the loop's tasks from there.  While a ``/profile`` or delta
 request waits, ``receive()`` is watched for ``http.disconnect``: a client
-that leaves cancels the job.
+that leaves cancels the job.  A server shutting down ends the wait early,
+and the job answers with what it collected: the ``lifespan.shutdown``
+event does so, and SIGINT or SIGTERM (``_http_signals``) where the loop
+runs on the main thread -- uvicorn sends ``lifespan.shutdown`` only after
+its requests have finished, however long they take.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from pyproperf import _http_core
+from pyproperf import _http_core, _http_signals
 from pyproperf._http_core import Job, Response
 
 __all__ = ["ASGIApp"]
@@ -53,6 +57,8 @@ class ASGIApp:
         self.app = app
         self.prefix = _http_core.check_prefix(prefix)
         self.max_seconds = _http_core.check_max_seconds(max_seconds)
+        # How to end each wait in flight, on the loop's thread.
+        self._ends: set[Callable[[], None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -60,10 +66,24 @@ class ASGIApp:
             if self.app is None or path.startswith(self.prefix) or path == self.prefix[:-1]:
                 await self._http(scope, path, mount, receive, send)
                 return
+        if scope["type"] == "lifespan":
+            receive = self._watch_lifespan(receive)
         if self.app is not None:
             await self.app(scope, receive, send)
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
+
+    def _watch_lifespan(self, receive: Receive) -> Receive:
+        """``receive`` that ends the waits in flight when the server says it shuts down."""
+
+        async def watched() -> Message:
+            message = await receive()
+            if message.get("type") == "lifespan.shutdown":
+                for end in list(self._ends):
+                    end()
+            return message
+
+        return watched
 
     async def _http(
         self, scope: Scope, path: str, mount: str, receive: Receive, send: Send
@@ -81,7 +101,7 @@ class ASGIApp:
             )
             result: Response | None = routed if isinstance(routed, Response) else None
             if not isinstance(routed, Response):
-                result = await _run_job(routed, receive)
+                result = await self._run_job(routed, receive)
         except Exception:
             log.exception("pyproperf.http: internal error")
             result = _http_core.error(500, "internal error")
@@ -93,6 +113,47 @@ class ASGIApp:
         body = b"" if method == "HEAD" else result.body
         await send({"type": "http.response.body", "body": body})
 
+    async def _run_job(self, job: Job, receive: Receive) -> Response | None:
+        """Start, wait ``job.seconds`` (less if the server stops), finish.
+
+        None if the client left (the job is then cancelled).
+        """
+        early = job.start()
+        if early is not None:
+            return early
+        loop = asyncio.get_running_loop()
+        stopped: asyncio.Future[None] = loop.create_future()
+
+        def end() -> None:
+            if not stopped.done():
+                stopped.set_result(None)
+
+        def end_from_signal() -> None:
+            loop.call_soon_threadsafe(end)
+
+        self._ends.add(end)
+        release = _http_signals.hold(end_from_signal)
+        try:
+            sleep = asyncio.ensure_future(asyncio.sleep(job.seconds))
+            gone = asyncio.ensure_future(_disconnected(receive))
+            try:
+                await asyncio.wait({sleep, gone, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                left = gone.done() and not gone.cancelled()
+                sleep.cancel()
+                gone.cancel()
+                await asyncio.gather(sleep, gone, return_exceptions=True)
+            if left:  # http.disconnect, or receive() failed: the client is gone
+                job.cancel()
+                return None
+        except BaseException:  # cancelled by the server (forced shutdown) or failed
+            job.cancel()
+            raise
+        finally:
+            release()
+            self._ends.discard(end)
+        return job.finish()
+
 
 async def _disconnected(receive: Receive) -> None:
     """Return when the client disconnects (after draining any request body)."""
@@ -100,29 +161,6 @@ async def _disconnected(receive: Receive) -> None:
         message = await receive()
         if message.get("type") == "http.disconnect":
             return
-
-
-async def _run_job(job: Job, receive: Receive) -> Response | None:
-    early = job.start()
-    if early is not None:
-        return early
-    try:
-        sleep = asyncio.ensure_future(asyncio.sleep(job.seconds))
-        gone = asyncio.ensure_future(_disconnected(receive))
-        try:
-            await asyncio.wait({sleep, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            left = gone.done() and not gone.cancelled()
-            sleep.cancel()
-            gone.cancel()
-            await asyncio.gather(sleep, gone, return_exceptions=True)
-        if left:  # http.disconnect, or receive() failed: the client is gone
-            job.cancel()
-            return None
-    except BaseException:  # cancelled by the server (shutdown) or failed
-        job.cancel()
-        raise
-    return job.finish()
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -1,12 +1,20 @@
 """``pyproperf.http.serve``: the endpoints on a small stdlib HTTP server in a daemon thread.
 
 One thread per connection (``ThreadingHTTPServer``), at most
-``max_connections`` at a time (more get a 503 at once).  Every connection
-is closed after one response (HTTP/1.0), so an idle client holds nothing.
+``max_connections`` at a time: more get a 503 with ``Retry-After`` at
+once, from the accepting thread.  The listen backlog is ``BACKLOG`` (256),
+not socketserver's 5: with 5, a burst of clients overflows the kernel's
+queue and they see resets or SYN retries lasting minutes instead of an
+answer.  Every connection is closed after one response (HTTP/1.0), so an
+idle client holds nothing; even a malformed request gets a status line
+and headers (http.server would answer it HTTP/0.9 style, body only).
 Reading a request has a total deadline, writing a response a timeout,
 and a ``/profile`` or delta request waits at most ``max_seconds``: one
-slow or stalled client cannot hold a thread for longer than that.  The
-server logs nothing about requests.
+slow or stalled client cannot hold a thread for longer than that.
+``stop()``, and interpreter exit for a server still running, end those
+waits early: they answer with what they collected.  The server logs
+nothing about requests; it says once on stderr when it listens beyond
+loopback.
 """
 
 from __future__ import annotations
@@ -14,9 +22,11 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import io
+import ipaddress
 import logging
 import socket
 import socketserver
+import sys
 import threading
 import time
 import urllib.parse
@@ -25,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from pyproperf import _http_core, _http_wait
+from pyproperf import _hooks, _http_core, _http_wait
 from pyproperf._http_core import Response
 
 __all__ = ["Server", "parse_address", "serve"]
@@ -37,6 +47,21 @@ READ_SECONDS = 10.0
 # Time a client gets to take one whole response.
 WRITE_SECONDS = 60.0
 DEFAULT_MAX_CONNECTIONS = 16
+# Connections the kernel may queue before we accept them (capped by
+# net.core.somaxconn).  Accepting is fast, and beyond max_connections
+# answered at once with a 503, so the queue only absorbs bursts.
+BACKLOG = min(256, socket.SOMAXCONN)
+# A busy answer reads the request bytes already received (at most this many,
+# without waiting) before closing: closing a socket with unread input sends
+# a reset, which can discard the 503 before the client reads it.
+_BUSY_DRAIN_BYTES = 65536
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Retry-After: 1\r\n"
+    b"Content-Length: 20\r\n\r\n"
+    b"too many connections"
+)
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -76,6 +101,10 @@ class _DeadlineReader(io.RawIOBase):
 class _Handler(BaseHTTPRequestHandler):
     server: _PprofServer
     protocol_version = "HTTP/1.0"
+    # http.server's default, "HTTP/0.9", is what a request line it cannot parse
+    # (or a two-word "GET /x") is answered in: a body without status line or
+    # headers.  Go answers every request with a status line; so do we.
+    default_request_version = "HTTP/1.0"
 
     def setup(self) -> None:
         super().setup()
@@ -139,6 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _PprofServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = BACKLOG
 
     def __init__(
         self, address: tuple[Any, ...], family: int, max_seconds: int, max_connections: int
@@ -169,18 +199,28 @@ class _PprofServer(ThreadingHTTPServer):
                 )
                 self._active[request] = (t, False)
         if busy:
-            try:
-                request.settimeout(1.0)
-                request.sendall(
-                    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; "
-                    b"charset=utf-8\r\nContent-Length: 20\r\n\r\n"
-                    b"too many connections"
-                )
-            except OSError:
-                pass
-            self.shutdown_request(request)
+            self._refuse(request)
             return
-        t.start()
+        try:
+            t.start()
+        except RuntimeError:  # no thread to be had: a 503, and the slot back
+            with self._lock:
+                self._active.pop(request, None)
+            self._refuse(request)
+
+    def _refuse(self, request: socket.socket) -> None:
+        """503 at once, on the accepting thread: non-blocking, never waits on the client."""
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(_BUSY)  # ~150 bytes: a fresh socket's buffer takes them whole
+            request.shutdown(socket.SHUT_WR)
+            drained = 0
+            while drained < _BUSY_DRAIN_BYTES:
+                chunk = request.recv(4096)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        self.close_request(request)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -198,7 +238,11 @@ class _PprofServer(ThreadingHTTPServer):
         log.debug("pyproperf.http: connection error", exc_info=True)
 
     def close_connections(self, timeout: float) -> None:
-        """Unblock readers at once, let running requests answer, then join all threads."""
+        """Unblock readers at once, let running requests answer, then join all threads.
+
+        Requests still running after ``timeout`` have their sockets shut
+        down, then all get one more second together.
+        """
         with self._lock:
             active = list(self._active.items())
         for sock, (_, serving) in active:
@@ -206,12 +250,15 @@ class _PprofServer(ThreadingHTTPServer):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
         deadline = time.monotonic() + timeout
-        for sock, (thread, _) in active:
+        for _, (thread, _) in active:
             thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                thread.join(1.0)
+        late = [(sock, thread) for sock, (thread, _) in active if thread.is_alive()]
+        for sock, _ in late:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + 1.0
+        for _, thread in late:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class Server:
@@ -233,6 +280,8 @@ class Server:
         )
         self._stop_lock = threading.Lock()
         self._stopped = False
+        with _running_lock:
+            _running.add(self)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -242,6 +291,8 @@ class Server:
             if self._stopped:
                 return
             self._stopped = True
+        with _running_lock:
+            _running.discard(self)
         httpd = self._httpd
         httpd.stopping.set()
         httpd.shutdown()
@@ -265,6 +316,62 @@ class Server:
         return f"<pyproperf.http.Server {self.url} {state}>"
 
 
+# Servers not yet stopped: held here, so that one whose Server object the
+# caller dropped is still stopped at exit.
+_running: set[Server] = set()
+_running_lock = threading.Lock()
+# At exit, how long requests in flight get to answer.
+EXIT_SECONDS = 2.0
+
+
+def _stop_at_exit() -> None:
+    """Stop servers still running when the interpreter exits (Ctrl-C, end of script).
+
+    Their request threads are daemons, killed mid-answer at exit: a client
+    waiting on ``/profile?seconds=30`` would get a reset.  Stopped here, it
+    gets the profile collected so far.
+    """
+    with _running_lock:
+        servers = list(_running)
+    for server in servers:
+        if server._thread.is_alive():  # else stop() would wait for a loop that is gone
+            server.stop(EXIT_SECONDS)
+
+
+def _forget_in_child() -> None:
+    """A forked child has the sockets but none of the threads: nothing of ours runs there."""
+    global _running_lock
+    _running_lock = threading.Lock()
+    _running.clear()
+
+
+_hooks.at_exit(_stop_at_exit)
+_hooks.at_fork_child(_forget_in_child)
+
+
+def _reach(host: str) -> str | None:
+    """Who can reach a server bound to ``host`` (an IP): None if only this machine."""
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])  # no IPv6 zone
+    except ValueError:
+        return "an address beyond loopback"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return None
+    return "every interface" if ip.is_unspecified else "an address beyond loopback"
+
+
+def _warn_exposed(server: Server, where: str) -> None:
+    """One line on stderr: the endpoints are reachable from the network."""
+    text = (
+        f"pyproperf: serving {server.url} on {where}: anyone who can reach it reads this "
+        "process's profiles (command line, label values, stacks)"
+    )
+    with contextlib.suppress(OSError, ValueError):  # stderr closed
+        print(text, file=sys.stderr, flush=True)
+
+
 def serve(
     address: str = "127.0.0.1:6060",
     *,
@@ -279,13 +386,17 @@ def serve(
     is not loopback is an explicit choice with risks: anyone who can reach
     it reads the command line, source paths, function names and label
     values, and can keep profilers running (``max_seconds`` at a time).
-    Put it behind authentication or a firewall.
+    Put it behind authentication or a firewall.  Bound beyond loopback
+    (``"0.0.0.0:6060"``, ``"0:6060"``, ``"[::]:6060"``, a LAN address), the
+    server says so in one line on stderr.
 
     ``max_seconds`` caps ``seconds`` for ``/profile`` and delta profiles
-    (400 beyond it); ``max_connections`` caps concurrent connections (503
-    beyond it).  Returns a ``Server``; ``stop()`` ends running profiles early
-    (they answer with what they have), closes the socket and joins its
-    threads.  Port of the ``http.ListenAndServe("localhost:6060", nil)`` habit.
+    (400 beyond it); ``max_connections`` caps concurrent connections (a 503
+    with ``Retry-After: 1`` beyond it).  Returns a ``Server``; ``stop()`` ends
+    running profiles early (they answer with what they have), closes the
+    socket and joins its threads; a server still running at interpreter exit
+    is stopped then.  Port of the ``http.ListenAndServe("localhost:6060", nil)``
+    habit.
     """
     host, port = parse_address(address)
     _http_core.check_max_seconds(max_seconds)
@@ -298,4 +409,8 @@ def serve(
     infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     family, _, _, _, sockaddr = infos[0]
     httpd = _PprofServer(sockaddr, family, max_seconds, max_connections)
-    return Server(httpd)
+    server = Server(httpd)
+    where = _reach(server.host)
+    if where is not None:
+        _warn_exposed(server, where)
+    return server

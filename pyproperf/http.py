@@ -22,7 +22,8 @@ registered profile with ``debug=N``, ``gc=1`` (heap) and ``seconds=N``
 
 Safety: these endpoints reveal the command line, source paths, function
 names and label values, and let a caller run profilers: ``serve`` binds
-to loopback unless given another address.  ``seconds`` is capped at
+to loopback unless given another address, and says so on stderr when it
+listens beyond loopback.  ``seconds`` is capped at
 ``max_seconds`` (default 300); a client that disconnects during a
 ``/profile`` stops the profiler.  Nothing from a request is logged.
 """
@@ -148,7 +149,11 @@ def make_asgi_app(
 
     With ``app``, a middleware (``app = make_asgi_app(app)`` for FastAPI or
     Starlette); or mount it: ``Mount("/debug/pprof", make_asgi_app(prefix="/"))``.
-    A client that disconnects during ``/profile`` stops the profiler.
+    A client that disconnects during ``/profile`` stops the profiler.  A
+    server shutting down ends ``/profile`` and delta requests early, answered
+    with what they collected: on ``lifespan.shutdown``, and on SIGINT or
+    SIGTERM when the event loop runs on the main thread (uvicorn, for one,
+    sends ``lifespan.shutdown`` only once its requests have finished).
     """
     from pyproperf._http_asgi import ASGIApp  # imports asyncio: only when used
 

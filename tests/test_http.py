@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import textwrap
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,51 @@ def call_server(port: int, method: str, target: str, timeout: float = 60) -> Rep
         return resp.status, {k.title(): v for k, v in resp.getheaders()}, body
     finally:
         conn.close()
+
+
+RAW_RESPONSE = re.compile(rb"HTTP/1\.[01] ([0-9]{3}) [^\r\n]*\r\n((?:[^\r\n]+\r\n)*)\r\n")
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 60) -> bytes:
+    """Send ``request`` on a fresh connection; everything the server sends until it closes."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+        return reply
+    finally:
+        sock.close()
+
+
+def parse_raw(reply: bytes) -> Reply:
+    """A whole HTTP/1.x response, strictly: status line, headers, a body of Content-Length."""
+    m = RAW_RESPONSE.match(reply)
+    assert m, f"not an HTTP/1.x response: {reply[:200]!r}"
+    headers = {}
+    for line in m.group(2).decode("latin-1").split("\r\n")[:-1]:
+        key, sep, value = line.partition(":")
+        assert sep, f"bad header line {line!r}"
+        headers[key.title()] = value.strip()
+    body = reply[m.end() :]
+    assert int(headers["Content-Length"]) == len(body), (headers, len(body))
+    return int(m.group(1)), headers, body
+
+
+def call_in_thread(port: int, target: str) -> tuple[threading.Thread, list[Reply | Exception]]:
+    """GET ``target`` from a started thread; the list gets its reply or its exception."""
+    out: list[Reply | Exception] = []
+
+    def fetch() -> None:
+        try:
+            out.append(call_server(port, "GET", target))
+        except Exception as exc:  # the assertion is the test's
+            out.append(exc)
+
+    thread = threading.Thread(target=fetch)
+    thread.start()
+    return thread, out
 
 
 @pytest.fixture
@@ -765,6 +811,21 @@ def test_disconnect_during_profile_stops_profiler(server: pyproperf.http.Server)
     assert not cpu_busy()
 
 
+PROFILE_20 = "/debug/pprof/profile?seconds=20"
+
+
+def assert_partial_profile(reply: Reply, tmp_path: Path) -> None:
+    """A 200 with a valid profile that go tool pprof reads, covering well under its 20 s."""
+    status, _, body = reply
+    assert status == 200, body[:200]
+    p = load(body)
+    check_valid(p)
+    assert 0 < p.duration_nanos < 10e9, p.duration_nanos
+    path = tmp_path / "partial.pb.gz"
+    path.write_bytes(body)
+    pprof("-raw", path)
+
+
 def test_stop_during_profile_answers_with_partial_profile() -> None:
     srv = pyproperf.http.serve("127.0.0.1:0")
     result: list[Reply] = []
@@ -790,6 +851,69 @@ def test_stop_during_profile_answers_with_partial_profile() -> None:
     assert not cpu_busy()
 
 
+EXIT_PROGRAM = textwrap.dedent("""
+    import sys, threading, time
+    import pyproperf.http
+    from pyproperf import _cpu
+
+    def say_when_profiling():
+        # The test's cue that its /profile request is waiting.
+        while _cpu._go_profile is None:
+            time.sleep(0.01)
+        print("profiling", flush=True)
+
+    def burn_cpu_until_interrupted():
+        while True:
+            x = 0
+            for i in range(20000):
+                x += i * i
+
+    if sys.argv[1:] == ["serve"]:
+        server = pyproperf.http.serve("127.0.0.1:0")
+        print(f"serving {server.url}", file=sys.stderr, flush=True)
+    threading.Thread(target=say_when_profiling, daemon=True).start()
+    burn_cpu_until_interrupted()
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["serve", "cli"])
+def test_ctrl_c_answers_profile_in_flight(tmp_path: Path, how: str) -> None:
+    """Ctrl-C ends the program; a /profile?seconds=20 in flight gets what was collected.
+
+    ``serve()``'s request threads are daemons, killed at exit mid-wait: the
+    client got a reset.  ``run --http`` stops its server before exiting.
+    """
+    script = tmp_path / "exit_prog.py"
+    script.write_text(EXIT_PROGRAM)
+    cmd = [sys.executable, str(script), "serve"]
+    if how == "cli":
+        cmd = [sys.executable, "-m", "pyproperf", "run", "-o", str(tmp_path / "cpu.pb.gz"),
+               "--http", "127.0.0.1:0", str(script)]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    replies: list[Reply | Exception] = []
+    try:
+        m = re.search(r"serving http://127\.0\.0\.1:(\d+)/", proc.stderr.readline())
+        assert m, "no URL on stderr"
+        client, replies = call_in_thread(int(m.group(1)), PROFILE_20)
+        assert proc.stdout.readline() == "profiling\n"
+        proc.send_signal(signal.SIGINT)
+        client.join(60)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGINT  # Python's exit on KeyboardInterrupt
+    assert replies and isinstance(replies[0], tuple), f"the request got no answer: {replies}"
+    assert_partial_profile(replies[0], tmp_path)
+
+
 def test_slow_client_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_http_server, "READ_SECONDS", 0.5)
     with pyproperf.http.serve("127.0.0.1:0") as srv:
@@ -807,11 +931,74 @@ def test_too_many_connections_get_503() -> None:
         hold = socket.create_connection(("127.0.0.1", srv.port))
         hold.sendall(b"GET /debug/pprof/heap?seconds=30 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert wait_until(lambda: len(srv._httpd._active) == 1)
-        status, _, body = call_server(srv.port, "GET", "/debug/pprof/cmdline")
+        status, headers, body = call_server(srv.port, "GET", "/debug/pprof/cmdline")
         assert (status, body) == (503, b"too many connections")
+        assert headers["Retry-After"] == "1"
         hold.close()
         assert wait_until(lambda: not srv._httpd._active)
         assert call_server(srv.port, "GET", "/debug/pprof/cmdline")[0] == 200
+
+
+def test_burst_of_clients_all_answered(server: pyproperf.http.Server) -> None:
+    """200 clients at once: each gets a whole response, 200 or a 503 to retry; no reset.
+
+    With socketserver's backlog of 5 the kernel's accept queue overflowed:
+    clients saw resets, or SYN retries until their timeout, never an answer.
+    """
+    clients = 200
+    start = threading.Barrier(clients)
+
+    def client(i: int) -> Reply | BaseException:
+        target = "/debug/pprof/heap" if i % 2 else "/debug/pprof/goroutine"
+        start.wait()
+        try:
+            reply = raw_exchange(server.port, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            return parse_raw(reply)
+        except (OSError, AssertionError) as exc:  # reset, refused, timed out, cut short
+            return exc
+
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(client, range(clients)))
+    failed = [r for r in results if isinstance(r, BaseException)]
+    assert not failed, f"{len(failed)} of {clients} clients got no answer: {failed[:5]}"
+    answers = [r for r in results if not isinstance(r, BaseException)]
+    assert {status for status, _, _ in answers} <= {200, 503}
+    assert any(status == 200 for status, _, _ in answers)
+    for status, headers, body in answers:
+        if status == 503:
+            assert headers["Retry-After"] == "1" and body == b"too many connections"
+        else:
+            check_valid(load(body))
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /debug/pprof/ HTTP/9.9\r\n\r\n", 505),
+        (b"GET /debug/pprof/ HTTP/2.0\r\n\r\n", 505),
+        (b"GET /debug/pprof/ HTTP/1.x\r\n\r\n", 400),
+        (b"GET /debug/pprof/ HTTP/1.1 extra\r\n\r\n", 400),
+        (b"\x00\x01\x02\xfe\xff\r\n\r\n", 400),
+        (b"\x16\x03\x01 \x00\xa5 \x01\x00\r\n\r\n", 400),
+        (b"POST /debug/pprof/\r\n\r\n", 400),
+        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET /debug/pprof/ HTTP/1.1\r\nX: " + b"y" * 70000 + b"\r\n\r\n", 431),
+        # Two words: HTTP/0.9 to http.server, which would answer with a bare body.
+        (b"GET /debug/pprof/cmdline\r\n\r\n", 200),
+    ],
+    ids=["word", "http9.9", "http2", "http1.x", "4words", "binary", "tls-like", "post09",
+         "overlong", "header", "two-words"],
+)
+def test_malformed_request_gets_status_line_and_headers(
+    server: pyproperf.http.Server, request_bytes: bytes, status: int
+) -> None:
+    """http.server answers a request line it cannot parse HTTP/0.9 style: no status, no headers."""
+    got, headers, body = parse_raw(raw_exchange(server.port, request_bytes))
+    assert got == status, body
+    assert headers["Content-Type"] == "text/plain; charset=utf-8"
+    if status != 200:
+        assert body.startswith(f"{status} ".encode()), body
 
 
 def test_concurrent_heap_and_goroutine_requests(server: pyproperf.http.Server) -> None:
@@ -918,6 +1105,58 @@ def test_serve_defaults_to_loopback_and_reports_url() -> None:
         socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
 
 
+def exposed_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "reads this process's profiles" in line]
+
+
+def local_lan_address() -> str | None:
+    """This machine's address on its default route, if it has one beyond loopback."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # UDP: picks a route, sends nothing
+        address: str = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def test_listening_beyond_loopback_says_so_once(capfd: pytest.CaptureFixture[str]) -> None:
+    loopback = ["127.0.0.1:0", "localhost:0", ":0"]
+    wildcard = ["0.0.0.0:0", "0:0"]
+    if socket.has_ipv6:
+        loopback.append("[::1]:0")
+        wildcard.append("[::]:0")
+    for address in loopback:  # the control: nothing said
+        try:
+            srv = pyproperf.http.serve(address)
+        except OSError:
+            assert address == "[::1]:0"  # no IPv6 loopback here
+            continue
+        srv.stop()
+        assert capfd.readouterr().err == "", address
+    for address in wildcard:
+        try:
+            srv = pyproperf.http.serve(address)
+        except OSError:
+            assert address == "[::]:0"  # no IPv6 here
+            continue
+        srv.stop()
+        err = capfd.readouterr().err
+        assert exposed_lines(err) == err.splitlines(), err  # that line only, once
+        assert len(err.splitlines()) == 1, err
+        assert f"serving {srv.url} on every interface:" in err
+        assert "(command line, label values, stacks)" in err
+    lan = local_lan_address()
+    if lan is not None:
+        with pyproperf.http.serve(f"{lan}:0") as srv:
+            assert srv.host == lan
+        err = capfd.readouterr().err
+        assert len(exposed_lines(err)) == 1 and len(err.splitlines()) == 1, err
+        assert f"serving http://{lan}:{srv.port}/debug/pprof/ on an address beyond loopback" in err
+
+
 def test_serve_ipv6_loopback() -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
@@ -1001,6 +1240,159 @@ def test_asgi_disconnect_during_profile_stops_profiler() -> None:
     assert status == 0  # nothing sent to a client that left
     assert time.monotonic() - t0 < 5
     assert not cpu_busy()
+
+
+def asgi_wait_ended_by(
+    app: Any, target: str, shutdown: Callable[[], Awaitable[None]]
+) -> Reply:
+    """Request ``target`` from ``app``; once it waits, await ``shutdown()``; its reply."""
+    path, query = split_target(target)
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": "",
+             "query_string": query.encode(), "headers": []}
+    sent: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        waiting = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            # The app reads only once its job waits (watching for a disconnect).
+            if not waiting.is_set():
+                waiting.set()
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()  # the client stays
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        request = asyncio.ensure_future(app(scope, receive, send))
+        await waiting.wait()
+        await shutdown()
+        await asyncio.wait_for(request, 60)
+
+    asyncio.run(run())
+    headers = {k.decode().title(): v.decode() for k, v in sent[0]["headers"]}
+    return sent[0]["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def lifespan_shutdown(app: Any) -> None:
+    """Run ``app``'s lifespan: startup, then shutdown at once."""
+    inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+    async def receive() -> dict[str, str]:
+        return inbox.pop(0)
+
+    async def send(message: dict[str, str]) -> None:
+        pass
+
+    await app({"type": "lifespan"}, receive, send)
+
+
+@pytest.mark.parametrize("target", [PROFILE_20, "/debug/pprof/goroutine?seconds=20"])
+@pytest.mark.parametrize("middleware", [False, True])
+def test_asgi_lifespan_shutdown_ends_waits(target: str, middleware: bool, tmp_path: Path) -> None:
+    async def inner(scope: Any, receive: Any, send: Any) -> None:  # a framework's lifespan
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+
+    app = pyproperf.http.make_asgi_app(inner if middleware else None)
+    reply = asgi_wait_ended_by(app, target, lambda: lifespan_shutdown(app))
+    assert_partial_profile(reply, tmp_path)
+    assert not cpu_busy()
+
+
+def test_asgi_signal_ends_waits_and_reaches_the_servers_handler(tmp_path: Path) -> None:
+    """SIGTERM (as SIGINT) on the loop's main thread: the wait ends, the server's handler runs."""
+    received: list[int] = []
+
+    def servers_handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, servers_handler)
+    sigint: list[Any] = []
+
+    async def terminate() -> None:
+        sigint.append(signal.getsignal(signal.SIGINT))  # asyncio.run's own, inside the loop
+        signal.raise_signal(signal.SIGTERM)
+
+    try:
+        app = pyproperf.http.make_asgi_app()
+        reply = asgi_wait_ended_by(app, PROFILE_20, terminate)
+        assert received == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is servers_handler  # unwrapped again
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert_partial_profile(reply, tmp_path)
+    assert not cpu_busy()
+
+
+UVICORN_APP = textwrap.dedent("""
+    import pyproperf.http
+
+    pprof = pyproperf.http.make_asgi_app()
+
+    async def app(scope, receive, send):
+        # pyproperf's app, saying "waiting" when a request's job waits (it reads only then).
+        if scope["type"] != "http":
+            await pprof(scope, receive, send)
+            return
+        said = []
+
+        async def noted():
+            if not said:
+                said.append(True)
+                print("waiting", flush=True)
+            return await receive()
+
+        await pprof(scope, noted, send)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("target", "signum"),
+    [(PROFILE_20, signal.SIGINT), ("/debug/pprof/goroutine?seconds=20", signal.SIGTERM)],
+    ids=["profile-SIGINT", "delta-SIGTERM"],
+)
+def test_uvicorn_shutdown_answers_requests_in_flight(
+    tmp_path: Path, target: str, signum: int
+) -> None:
+    """uvicorn waits for requests in flight before exiting; ours end at once, answered."""
+    pytest.importorskip("uvicorn")
+    (tmp_path / "pprof_app.py").write_text(UVICORN_APP)
+    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(tmp_path), "pprof_app:app",
+           "--host", "127.0.0.1", "--port", "0"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    replies: list[Reply | Exception] = []
+    log: list[str] = []
+    try:
+        port = 0
+        while not port:
+            line = proc.stderr.readline()
+            assert line, f"uvicorn ended before listening: {log}"
+            log.append(line)
+            m = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
+            port = int(m.group(1)) if m else 0
+        client, replies = call_in_thread(port, target)
+        assert proc.stdout.readline() == "waiting\n"
+        proc.send_signal(signum)
+        client.join(60)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.append(proc.stderr.read())
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode in (0, -signum), log  # uvicorn re-raises the signal it caught
+    assert "Application shutdown complete" in "".join(log)
+    assert replies and isinstance(replies[0], tuple), f"the request got no answer: {replies}"
+    assert_partial_profile(replies[0], tmp_path)
 
 
 def test_asgi_profile_on_the_loop() -> None:
@@ -1366,3 +1758,25 @@ def test_cli_run_serves_for_the_life_of_the_program(
     assert proc.returncode == 0
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+@pytest.mark.slow
+def test_cli_http_beyond_loopback_says_so_once(tmp_path: Path) -> None:
+    script = tmp_path / "nothing.py"
+    script.write_text("")
+    said = {}
+    for address in ("127.0.0.1:0", "0:0"):
+        cmd = [sys.executable, "-m", "pyproperf", "run", "-o", str(tmp_path / "cpu.pb.gz"),
+               "--http", address, str(script)]
+        out = subprocess.run(
+            cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert out.returncode == 0, out.stderr
+        said[address] = exposed_lines(out.stderr)
+    assert said["127.0.0.1:0"] == []  # the control
+    assert len(said["0:0"]) == 1, said
+    assert re.fullmatch(
+        r"pyproperf: serving http://0\.0\.0\.0:\d+/debug/pprof/ on every interface: anyone "
+        r"who can reach it reads this process's profiles \(command line, label values, stacks\)",
+        said["0:0"][0],
+    )
