@@ -52,6 +52,15 @@ def _count(text: str) -> int:
     return n
 
 
+def _size(text: str) -> int:
+    from pyproperf._read import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     parser = argparse.ArgumentParser(
         prog="python -m pyproperf",
@@ -82,7 +91,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                      help="cpu: where CPU time goes (default); wall: where threads spend "
                           "time, waiting included")
     run.add_argument("--heap", metavar="FILE",
-                     help="also trace allocations and write a heap profile to FILE at the end")
+                     help="also trace allocations (tracemalloc) and write an allocs profile "
+                     "to FILE at the end: alloc_space first, inuse_* too, as go test "
+                     "-memprofile writes")
     run.add_argument("--http", metavar="ADDR",
                      help="serve /debug/pprof/ on ADDR (e.g. localhost:6060) while the "
                           "program runs")
@@ -103,6 +114,12 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     top.add_argument("--sample-index", default="", metavar="NAME",
                      help="sample type to show, by name or index (default: the profile's "
                           "default, else its last type), e.g. alloc_space")
+    from pyproperf._read import DEFAULT_MAX_SIZE, format_size
+
+    top.add_argument("--max-size", type=_size, default=DEFAULT_MAX_SIZE, metavar="SIZE",
+                     help="read at most SIZE bytes after decompression, SIZE/16 protobuf "
+                          "fields and SIZE/4 numbers; bytes, or with K, M or G, e.g. 512M "
+                          f"(default: {format_size(DEFAULT_MAX_SIZE)})")
     return parser, run
 
 
@@ -188,7 +205,7 @@ def _top(ns: argparse.Namespace) -> int:
     from pyproperf import _top
 
     try:
-        profile = _top.load(ns.file)
+        profile = _top.load(ns.file, ns.max_size)
         text = _top.render(
             profile, nodecount=ns.nodecount, cum=ns.cum, sample_index=ns.sample_index
         )

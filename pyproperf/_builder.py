@@ -15,11 +15,12 @@ import gzip
 import io
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
+from pyproperf import _read
 from pyproperf._pb import profile_pb2 as pb
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "ProfileBuilder",
     "address_of",
     "decode",
+    "decode_uncompressed",
     "frame_offset",
     "gzip_bytes",
     "merge_profiles",
@@ -361,33 +363,33 @@ def merge_profiles(
 
 # --- Reading (used by ``python -m pyproperf top``) ---------------------------
 
-# Top-level Profile fields by wire type: pprof rejects a known field sent
-# with another wire type, where Python's protobuf would skip it silently.
-_VARINT_FIELDS = frozenset({7, 8, 9, 10, 12, 14, 15})
-_BYTES_FIELDS = frozenset({1, 2, 3, 4, 5, 6, 11})
-_COMMENT_FIELD = 13  # repeated int64: packed (2) or not (0)
 
-
-def decode(data: bytes) -> pb.Profile:
+def decode(data: bytes, max_size: int | None = None) -> pb.Profile:
     """Read a profile file, gzipped or not, as ``go tool pprof`` does; else ValueError.
 
     Checks what google/pprof's ``profile.Parse`` checks (pprof-reference §2)
     and raises ``ValueError`` with a one-line message worded like pprof's:
     ``decompressing profile: …``, ``parsing profile: …`` or
     ``malformed profile: …``.  Legacy text profiles are not read.
+    ``max_size`` bounds the work for files from elsewhere (see ``_read``);
+    None, for the profiles this process just wrote, bounds nothing.
     """
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ValueError(f"decompressing profile: {exc}") from None
+    if data[:2] == _read.GZIP_MAGIC:
+        data = _read.gunzip(_read.pieces(data), max_size)
+    elif max_size is not None and len(data) > max_size:
+        raise _read.too_large(max_size, "parsing profile")
+    return decode_uncompressed(data, max_size)
+
+
+def decode_uncompressed(data: bytes, max_size: int | None = None) -> pb.Profile:
+    """:func:`decode` for data already gunzipped (by ``_read.read_profile``)."""
     if not data:
         raise ValueError("parsing profile: empty input file")
-    _check_wire(data)
+    _read.check_wire(data, _read.limits_for(max_size))
     try:
         p = pb.Profile.FromString(data)
     except DecodeError:
-        raise _unrecognized("corrupt protobuf data") from None
+        raise _read.unrecognized("corrupt protobuf data") from None
     _check_strings(p)
     problem = _check_valid(p)
     if problem:
@@ -395,73 +397,37 @@ def decode(data: bytes) -> pb.Profile:
     return p
 
 
-def _unrecognized(why: str) -> ValueError:
-    return ValueError(f"parsing profile: unrecognized profile format ({why})")
-
-
-def _check_wire(data: bytes) -> None:
-    """Walk the top-level fields: well-formed, known wire types, one time_nanos."""
-    pos, end, time_set = 0, len(data), False
-    while pos < end:
-        key, pos = _varint(data, pos)
-        field, wire = key >> 3, key & 7
-        value = 0
-        if wire == 0:
-            value, pos = _varint(data, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            pos += length
-        elif wire == 5:
-            pos += 4
-        else:
-            raise _unrecognized(f"unknown wire type {wire}")
-        if pos > end:
-            raise _unrecognized("truncated data")
-        if (
-            (field in _VARINT_FIELDS and wire != 0)
-            or (field in _BYTES_FIELDS and wire != 2)
-            or (field == _COMMENT_FIELD and wire not in (0, 2))
-        ):
-            raise _unrecognized(f"type mismatch in field {field}")
-        if field == 9:
-            if time_set:
-                raise ValueError("parsing profile: concatenated profiles detected")
-            time_set = value != 0
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift >= 70:
-            raise _unrecognized("bad varint")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result & 0xFFFFFFFFFFFFFFFF, pos
-        shift += 7
-
-
 def _check_strings(p: pb.Profile) -> None:
     """Every string index must point into the table, whose entry 0 is ""."""
     st = p.string_table
     if not st or st[0] != "":
-        raise _unrecognized("string_table[0] must be ''")
+        raise _read.unrecognized("string_table[0] must be ''")
     n = len(st)
-    indexes = [p.drop_frames, p.keep_frames, p.default_sample_type, p.doc_url, *p.comment]
-    for vt in [*p.sample_type, p.period_type]:
-        indexes += (vt.type, vt.unit)
+    if any(not 0 <= i < n for i in _string_indexes(p)):
+        raise _read.unrecognized("string index out of range")
+
+
+def _string_indexes(p: pb.Profile) -> Iterator[int]:
+    """Every string index in the profile, one at a time: nothing the size of the profile."""
+    yield from (p.drop_frames, p.keep_frames, p.default_sample_type, p.doc_url)
+    yield from p.comment
+    for vt in p.sample_type:
+        yield vt.type
+        yield vt.unit
+    yield p.period_type.type
+    yield p.period_type.unit
     for m in p.mapping:
-        indexes += (m.filename, m.build_id)
+        yield m.filename
+        yield m.build_id
     for f in p.function:
-        indexes += (f.name, f.system_name, f.filename)
+        yield f.name
+        yield f.system_name
+        yield f.filename
     for s in p.sample:
         for lab in s.label:
-            indexes += (lab.key, lab.str, lab.num_unit)
-    if any(not 0 <= i < n for i in indexes):
-        raise _unrecognized("string index out of range")
+            yield lab.key
+            yield lab.str
+            yield lab.num_unit
 
 
 def _check_valid(p: pb.Profile) -> str:

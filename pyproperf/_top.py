@@ -22,7 +22,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pyproperf._builder import decode
+from pyproperf import _read
+from pyproperf._builder import decode_uncompressed
 
 __all__ = ["load", "render", "scaled_label", "select_sample_index"]
 
@@ -35,14 +36,13 @@ EDGE_FRACTION = 0.001  # pprof's -edgefraction default
 NodeKey = tuple[str, int, str]
 
 
-def load(path: str) -> Any:
-    """Read and decode a profile file; ValueError with a one-line message if unusable."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ValueError(exc.strerror or str(exc)) from None
-    return decode(data)
+def load(path: str, max_size: int = _read.DEFAULT_MAX_SIZE) -> Any:
+    """Read and decode a profile file; ValueError with a one-line message if unusable.
+
+    At most ``max_size`` bytes after decompression, and the work bounded by
+    it (``_read``): the file may come from anywhere.
+    """
+    return decode_uncompressed(_read.read_profile(path, max_size), max_size)
 
 
 # --- measurement: pprof's unit scaling ----------------------------------------
