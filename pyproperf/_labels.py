@@ -221,7 +221,7 @@ def _publish(new: LabelSet | None, frame: FrameType | None) -> None:
     Rewrites the innermost registered frame of the unit's stack (the region
     that restores what was there when it ends).  With none, registers the
     unit's root frame: a task's coroutine, a greenlet's first frame, the
-    thread's bootstrap (or first) frame.
+    thread's bootstrap frame, or else its outermost frame (``_outermost``).
     """
     value = EMPTY if new is None else new
     task = _current_task()
@@ -249,9 +249,41 @@ def _publish(new: LabelSet | None, frame: FrameType | None) -> None:
         frame_labels[bottom] = value  # the greenlet's first frame (its f_back is None)
         _forget_with_greenlet(g, bottom)
         return
-    target = boot or bottom
-    if target is not None:  # kept by our thread hook until the thread ends
-        frame_labels[target] = value
+    if boot is not None:  # kept by our thread hook until the thread ends
+        frame_labels[boot] = value
+    elif bottom is not None:
+        _register_outermost(bottom, value)
+
+
+# OS thread ident -> the outermost frame ``_publish`` registered on that thread
+# when it had no bootstrap frame of ours: a thread ``threading`` did not start
+# (C code calling into Python: embedded servers, native callbacks) or started
+# before our hook.  No hook unregisters those when the frame returns, and each
+# holds the frame and its locals; so a thread's previous one is dropped when it
+# registers another (it has returned: one still on the thread's stack would
+# have been found registered), and those of threads running no Python code
+# when a thread registers its first.
+_outermost: dict[int, FrameType] = {}
+
+
+def _register_outermost(frame: FrameType, value: LabelSet) -> None:
+    ident = _hooks.real_get_ident()
+    old = _outermost.get(ident)
+    if old is None:
+        running = sys._current_frames()
+        try:
+            idents = list(_outermost)
+        except RuntimeError:  # another thread changed it meanwhile: prune next time
+            idents = []
+        for other in idents:
+            if other not in running:
+                gone = _outermost.pop(other, None)
+                if gone is not None:
+                    frame_labels.pop(gone, None)
+    elif old is not frame:
+        frame_labels.pop(old, None)
+    _outermost[ident] = frame
+    frame_labels[frame] = value
 
 
 # id(greenlet) -> what keeps its root frame's registration until it ends:

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import copy
+import gc
 import multiprocessing
 import pickle
 import re
@@ -615,6 +616,65 @@ def test_set_goroutine_labels_inside_region_lasts_until_region_end() -> None:
     out = in_thread(body)
     want = {"r": "1", "s": "1"}
     assert out == [(want, want), (want, want), ({}, {})]
+
+
+def _run_raw_thread(calls: Iterator[Any]) -> None:
+    """Exhaust ``calls`` in a thread ``threading`` did not start; return once it has ended.
+
+    C code does all the calling (``list`` over iterators), as when C code
+    calls into Python: each call's frame is the thread's outermost.
+    """
+    import _thread
+    import itertools
+
+    done = _thread.allocate_lock()
+    done.acquire()
+    before = _thread._count()
+    _thread.start_new_thread(list, (itertools.chain(calls, itertools.starmap(done.release, [()])),))
+    assert done.acquire(timeout=10), "raw thread did not finish its calls"
+    deadline = time.monotonic() + 10
+    while _thread._count() > before:
+        assert time.monotonic() < deadline, "raw thread did not end"
+        time.sleep(0.001)
+
+
+def test_outermost_frames_of_foreign_threads_are_not_kept() -> None:
+    """Threads not started by ``threading`` (C code calling into Python: mod_wsgi, uWSGI,
+    native callbacks) have no bootstrap frame of ours, so labels set for the thread go on its
+    outermost Python frame, which nothing unregisters when it returns.  Each such frame used to
+    stay registered for good, with its locals: a leak per call or per thread.  Once the thread
+    moved on to another outermost frame, or ended, the old one must be let go."""
+    import weakref
+
+    class Payload:
+        pass
+
+    payloads: weakref.WeakSet[Payload] = weakref.WeakSet()
+    views: list[tuple[dict[str, str], dict[str, str]]] = []
+    registered: list[int] = []
+
+    def handle(i: int) -> None:
+        payload = Payload()  # a request's locals, in the thread's outermost frame
+        payloads.add(payload)
+        ctx = pyproperf.with_labels(None, pyproperf.labels("route", f"/r{i}"))
+        pyproperf.do(ctx, pyproperf.labels("req", str(i)), lambda c: None)
+        views.append(both())  # ctx's labels after do, as in Go, for context and sampler
+        registered.append(sum(1 for f in _labels.frame_labels if f.f_code is handle.__code__))
+
+    try:
+        _run_raw_thread(map(handle, range(20)))  # one thread, 20 outermost frames in turn
+        for i in range(20, 40):  # 20 threads, one call each
+            _run_raw_thread(map(handle, [i]))
+        assert views == [({"route": f"/r{i}"}, {"route": f"/r{i}"}) for i in range(40)]
+        assert max(registered) == 1, registered
+        gc.collect()
+        assert len(payloads) <= 1
+    finally:
+        for f in [f for f in _labels.frame_labels if f.f_code is handle.__code__]:
+            del _labels.frame_labels[f]
+        for ident, f in list(getattr(_labels, "_outermost", {}).items()):
+            if f.f_code is handle.__code__:
+                del _labels._outermost[ident]
 
 
 def test_set_goroutine_labels_in_task_is_the_tasks_own() -> None:
