@@ -350,6 +350,8 @@ def _threads(units: list[Unit]) -> None:
         if ident != me and _is_own_thread(thread):
             continue
         key, labels = _stacks.capture(frame, ident)
+        if not key and ident != me:
+            continue  # every frame pyproperf's: its own raw threads (CPU helper, heap snapshots)
         labels = _no_set(labels)
         state = "running" if ident == me else _thread_state(key)
         name = thread.name if thread is not None else f"Thread {ident}"
@@ -395,6 +397,8 @@ def _greenlets_units(units: list[Unit]) -> None:
         else:
             frames = list(_walk(frame))
             key = _key_of_frames(frames)
+            if key and not _stacks.strip_launcher_root(key):
+                continue  # ``run``'s launcher, waiting for the program's greenlet
             labels = _no_set(labels_of(g)) if labels_of is not None else _labels_in(frames)
             if frames[-1].f_code is _BOOTSTRAP:  # a monkey-patched "thread"
                 thread = frames[-1].f_locals.get("self")

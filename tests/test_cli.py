@@ -611,3 +611,43 @@ def test_help_and_readme_agree_on_what_heap_writes(tmp_path: Path) -> None:
     program(tmp_path, "kept = [bytes(1000) for _ in range(1000)]\n")
     assert run("--heap", "h.pb.gz", "prog.py", cwd=tmp_path).returncode == 0
     assert "Type: alloc_space" in pprof("-top", tmp_path / "h.pb.gz")
+
+
+GEVENT_PROGRAM = '''
+from gevent import monkey; monkey.patch_all()
+import sys, threading, time
+import gevent
+
+def work(n):
+    kept = [bytearray(1000) for _ in range(n)]
+    time.sleep(0.01)
+    return kept
+
+jobs = [gevent.spawn(work, 2000) for _ in range(4)]
+gevent.joinall(jobs)
+t = threading.Thread(target=work, args=(500,))
+t.start()
+t.join()
+print("done", threading.current_thread().name, flush=True)
+sys.exit(3)
+'''
+
+
+def test_heap_run_of_a_gevent_program(tmp_path: Path) -> None:
+    """``--heap`` runs the program on a stack of its own (a greenlet): gevent still works.
+
+    Monkey patching happens inside that greenlet; the exit's wait for threads
+    must run there too, and pyproperf's own threads must not trip on the
+    patched ``threading``.
+    """
+    program(tmp_path, GEVENT_PROGRAM)
+    plain = python("prog.py", cwd=tmp_path)
+    ours = run("--heap", "h.pb.gz", "prog.py", cwd=tmp_path)
+    assert plain.returncode == ours.returncode == 3, (plain, ours)
+    assert plain.stdout == ours.stdout == "done MainThread\n"
+    assert "Exception" not in ours.stderr and "Traceback" not in ours.stderr, ours.stderr
+    assert "includes tracemalloc's cost" in ours.stderr  # the CPU profile's caveat
+    rows = top_by_name(tmp_path / "h.pb.gz", "-sample_index=inuse_space")
+    assert rows["__main__.work"].cum >= 4 * 2000 * 1000, rows  # type: ignore[attr-defined]
+    names = frames_of(tmp_path / "h.pb.gz")
+    assert not {n for n in names if n.startswith(("pyproperf", "runpy"))}, names

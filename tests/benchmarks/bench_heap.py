@@ -12,6 +12,7 @@ import gc
 import importlib
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -320,9 +321,75 @@ def _own_memory(quick: bool) -> None:
     print()
 
 
+# A short program of the kind ``run --heap`` is for: it builds a table of
+# dicts, serialises it, and does some pure-Python work.
+_PROGRAM = """\
+import json
+
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+def build(n):
+    return [{"id": i, "name": f"user{i}", "tags": [i, i + 1]} for i in range(n)]
+
+def main():
+    rows = build(60_000)
+    text = json.dumps(rows)
+    return rows, text, fib(20)
+
+kept = main()
+"""
+
+
+def _child_seconds(argv: list[str], cwd: str) -> tuple[float, float]:
+    """(wall, user + system CPU) of one whole child process."""
+    before = os.times()
+    w0 = time.perf_counter()
+    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - w0
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system)
+    return wall, cpu
+
+
+def _run_heap_whole_process(quick: bool) -> None:
+    """``run --heap`` against ``python -X tracemalloc=16`` on the same program, whole processes."""
+    rounds = 3 if quick else 9
+    py = sys.executable
+    depth = str(_heap.DEFAULT_NFRAMES)
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "prog.py"), "w") as f:
+            f.write(_PROGRAM)
+        commands = {
+            "python prog.py": [py, "prog.py"],
+            f"python -X tracemalloc={depth} prog.py": [py, "-X", f"tracemalloc={depth}", "prog.py"],
+            "pyproperf run prog.py": [py, "-m", "pyproperf", "run", "prog.py"],
+            "pyproperf run --heap h.pb.gz prog.py": [
+                py, "-m", "pyproperf", "run", "--heap", "h.pb.gz", "prog.py"],
+        }
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+        for _ in range(rounds):
+            for name, argv in commands.items():
+                runs[name].append(_child_seconds(argv, tmp))
+    print(f"#### `run --heap` against tracemalloc alone, whole processes "
+          f"(medians of {rounds} alternating rounds)\n")
+    print("| command | wall | CPU (user + system) |")
+    print("| --- | --- | --- |")
+    medians = {name: _medians(r) for name, r in runs.items()}
+    for name, (wall, cpu) in medians.items():
+        print(f"| `{name}` | {wall:.2f} s | {cpu:.2f} s |")
+    traced = medians[f"python -X tracemalloc={depth} prog.py"]
+    heap = medians["pyproperf run --heap h.pb.gz prog.py"]
+    print(f"\n`run --heap` / `-X tracemalloc={depth}`: wall {heap[0] / traced[0]:.2f}x, "
+          f"CPU {heap[1] / traced[1]:.2f}x\n")
+
+
 def main(quick: bool) -> None:
     print(f"Python {sys.version.split()[0]}; DEFAULT_NFRAMES={_heap.DEFAULT_NFRAMES}\n")
     _write_time(quick)
     _overhead(quick)
     _overhead_big_heap(quick)
     _own_memory(quick)
+    _run_heap_whole_process(quick)
