@@ -450,9 +450,9 @@ def frames_of(path: Path) -> set[str]:
 def test_heap_stacks_are_the_programs_only(tmp_path: Path) -> None:
     """``run --heap --http``: no pyproperf or launcher frame in any heap or CPU stack.
 
-    The CPU sampler, the heap snapshot thread and the HTTP server all
-    allocate while the program runs; none of it may show, while the
-    program's own sites (also one under ``pyproperf.do``) do.
+    The CPU sampler, the heap snapshot thread, the HTTP server and a
+    goroutine dump all allocate while the program runs; none of it may
+    show, while the program's own sites (also one under ``pyproperf.do``) do.
     """
     program(tmp_path, '''
         import os, time
@@ -480,7 +480,8 @@ def test_heap_stacks_are_the_programs_only(tmp_path: Path) -> None:
         assert proc.stderr is not None and proc.stdout is not None
         url = proc.stderr.readline().split()[-1]
         assert proc.stdout.readline() == "ready\n"
-        for endpoint, name in (("heap", "served_heap"), ("allocs", "served_allocs"),
+        for endpoint, name in (("goroutine?debug=2", "served_goroutines"),
+                               ("heap", "served_heap"), ("allocs", "served_allocs"),
                                ("profile?seconds=1", "served_cpu")):
             with urllib.request.urlopen(url + endpoint, timeout=60) as response:
                 (tmp_path / f"{name}.pb.gz").write_bytes(response.read())
@@ -488,6 +489,8 @@ def test_heap_stacks_are_the_programs_only(tmp_path: Path) -> None:
         (tmp_path / "go").touch()
         _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
+    dump = (tmp_path / "served_goroutines.pb.gz").read_text()
+    assert "goroutine " in dump and "prog.py" in dump, dump[:500]  # the dump did run
     for name in ("heap", "served_heap", "served_allocs", "served_cpu", "cpu"):
         names = frames_of(tmp_path / f"{name}.pb.gz")
         alien = {n for n in names if n.startswith(("pyproperf", "runpy", "<frozen runpy>"))}
