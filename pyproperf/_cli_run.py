@@ -37,10 +37,10 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, cast
 
 import pyproperf
-from pyproperf import _io, _stacks
+from pyproperf import _io, _own, _stacks
 from pyproperf._builder import decode
 
 __all__ = ["Options", "UsageError", "check_output_path", "run"]
@@ -103,6 +103,8 @@ def run(options: Options, target: str, args: Sequence[str], *, module: bool) -> 
         )
         return 2
 
+    if options.heap is not None:
+        import greenlet  # noqa: F401 -- now, so its import is not in the heap profile
     heap = _start_heap() if options.heap is not None else None
     try:
         server = _start_http(options.http) if options.http is not None else None
@@ -197,6 +199,7 @@ def _new_main(**attrs: Any) -> types.ModuleType:
     return main
 
 
+@_own.calls_user_code
 def _execute(
     target: str, module: bool, ours: set[threading.Thread], pid: int, *, own_stack: bool
 ) -> tuple[BaseException | None, bool]:
@@ -220,12 +223,14 @@ def _execute(
         return _program_session(target, module, ours, pid)
     import greenlet
 
-    outcome: tuple[BaseException | None, bool] = greenlet.greenlet(_program_session).switch(
-        target, module, ours, pid
-    )
-    return outcome
+    runner = greenlet.greenlet(_program_session)
+    outcome = runner.switch(target, module, ours, pid)
+    if not runner.dead:  # the program switched to its greenlet's parent: ours
+        return RuntimeError("the program switched to the greenlet running it (run --heap)"), False
+    return cast(tuple[BaseException | None, bool], outcome)
 
 
+@_own.calls_user_code
 def _program_session(
     target: str, module: bool, ours: set[threading.Thread], pid: int
 ) -> tuple[BaseException | None, bool]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from types import CodeType, TracebackType
 from typing import IO, Any, TypeVar, cast
 
-from pyproperf import _hooks, _io
+from pyproperf import _hooks, _io, _own
 from pyproperf._sampler import CLOCKS, MAX_HZ, Collector, engine
 
 __all__ = [
@@ -188,6 +188,7 @@ class CPUProfile:
         wrapper: Callable[..., Any]
         if inspect.iscoroutinefunction(func):
 
+            @_own.calls_user_code
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 enter()
                 try:
@@ -198,6 +199,7 @@ class CPUProfile:
             wrapper = async_wrapper
         elif inspect.isgeneratorfunction(func):
 
+            @_own.calls_user_code
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
                 enter()
                 try:
@@ -208,6 +210,7 @@ class CPUProfile:
             wrapper = gen_wrapper
         else:
 
+            @_own.calls_user_code
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
                 enter()
                 try:

@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
-from pyproperf import _heap_names, _heap_render, _hooks, _io
+from pyproperf import _heap_names, _heap_render, _hooks, _io, _own
 from pyproperf._heap_names import Site
 from pyproperf._heap_render import Observation
 from pyproperf._stacks import Resolver
@@ -405,6 +405,7 @@ class heap_profile:
             afunc = cast(Callable[_P, Awaitable[Any]], func)
 
             @functools.wraps(func)
+            @_own.calls_user_code
             async def async_wrapper(*args: _P.args, **kwargs: _P.kwargs) -> Any:
                 with self:
                     return await afunc(*args, **kwargs)
@@ -412,6 +413,7 @@ class heap_profile:
             return cast(Callable[_P, _R], async_wrapper)
 
         @functools.wraps(func)
+        @_own.calls_user_code
         def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
             with self:
                 return func(*args, **kwargs)

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from types import CodeType, ModuleType
 from typing import Any, NamedTuple
 
-from pyproperf import _stacks
+from pyproperf import _own, _stacks
 from pyproperf._builder import Frame
 from pyproperf._stacks import TRUNCATED, Resolver
 
@@ -458,7 +458,9 @@ def resolve_stacks(sites: Iterable[tuple[Site, bool]], resolver: Resolver) -> St
         for i, fl in enumerate(tb):
             kind, j = info[fl]
             if kind == _OWN:
-                if below_user:
+                # Hidden where it wraps user code: under a user frame, or a
+                # function that only calls the user's callable (``_own``).
+                if below_user or _own.is_user_call_line(*fl):
                     prev = fl
                     continue
             elif kind == _USER:
@@ -539,16 +541,20 @@ def allocated_by_profiler(tb: tuple[tuple[str, int], ...]) -> bool:
     Own: walking out from the leaf, a pyproperf frame comes before any
     frame of user code (the CPU sampler's handler on top of a user's
     stack, the helper and HTTP threads, pyproperf calling the standard
-    library).  A pyproperf frame farther out wraps user code (``do``, the
-    decorators): that allocation is the user's.  Launcher only: under
+    library).  Frames of pyproperf functions that only call the user's
+    callable (``do``, the decorators' wrappers, the thread hooks: see
+    ``_own``) are stepped over: under them, even a builtin's or the
+    standard library's allocation is the user's.  Launcher only: under
     ``run``, every frame is runpy's or the runner's.
     """
     kinds = _kinds
-    for filename, _ in tb:
+    for filename, line in tb:
         kind = kinds.get(filename)
         if kind is None:
             kind = kinds[filename] = _file_kind(filename)
         if kind == _OWN:
+            if _own.is_user_call_line(filename, line):
+                continue  # ``do``, a decorator's wrapper: what runs under it is the user's
             return True
         if kind == _USER:
             return False

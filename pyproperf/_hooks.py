@@ -33,6 +33,8 @@ from collections.abc import Callable
 from types import FrameType, ModuleType
 from typing import Any
 
+from pyproperf import _own
+
 __all__ = [
     "after_import",
     "at_exit",
@@ -162,6 +164,8 @@ def _wrap_threads() -> None:
     start.__wrapped__ = original_start  # type: ignore[attr-defined]
     _bootstrap_inner.__wrapped__ = original_run  # type: ignore[attr-defined]
     bootstrap_code = _bootstrap_inner.__code__
+    _own.register_code(start.__code__)  # they run the user's threads and their hooks
+    _own.register_code(bootstrap_code)
     cls.start = start  # type: ignore[method-assign]
     cls._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
 
@@ -180,6 +184,7 @@ class _HookedLoader:
         create = getattr(self.loader, "create_module", None)
         return create(spec) if create is not None else None
 
+    @_own.calls_user_code
     def exec_module(self, module: ModuleType) -> None:
         # Put the real loader back first: the module never sees this one.
         module.__loader__ = self.loader

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from pyproperf import _http_core, _http_signals
+from pyproperf import _http_core, _http_signals, _own
 from pyproperf._http_core import Job, Response
 
 __all__ = ["ASGIApp"]
@@ -60,6 +60,7 @@ class ASGIApp:
         # How to end each wait in flight, on the loop's thread.
         self._ends: set[Callable[[], None]] = set()
 
+    @_own.calls_user_code
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path, mount = _relative_path(scope)

@@ -78,38 +78,44 @@ def write_all(w: BinaryWriter, data: bytes) -> None:
 
 
 def check_path(path: str | os.PathLike[str], what: str = "path") -> str:
-    """Check now that a profile can be written to ``path`` later; return it as a str.
+    """Check now that a profile can be written to ``path`` later; return it absolute.
 
     Errors come here, when a profile starts, not when it ends with its
-    samples: an empty path (ValueError), a directory (IsADirectoryError), a
-    missing directory (FileNotFoundError), a directory where no file can be
-    made (the OSError of trying: ``/proc``, read-only mounts), a special
-    file that cannot be opened for writing (PermissionError).
+    samples: an empty path (ValueError), a directory or a path ending in a
+    separator (IsADirectoryError), a missing directory (FileNotFoundError),
+    an existing file we may not write (PermissionError, as ``open()``), a
+    directory where no file can be made (the OSError of trying: ``/proc``,
+    read-only mounts) unless the file exists and is writable in place.
+    The path is made absolute now: a later ``chdir`` does not move it.
     """
     text = os.fspath(path)
     if not isinstance(text, str):
         raise TypeError(f"{what} must be a str or os.PathLike[str] path, not bytes")
     if not text:
         raise ValueError(f"{what} is an empty path")
+    if text.endswith(os.sep):
+        raise IsADirectoryError(errno.EISDIR, f"{what} names a directory", text)
     real = os.path.realpath(text)
     st = _stat_or_none(real)
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, f"{what} is a directory", text)
+    if st is not None and not os.access(real, os.W_OK):
+        raise PermissionError(errno.EACCES, f"{what} is not writable", text)
     if st is not None and not stat.S_ISREG(st.st_mode):
-        if not os.access(real, os.W_OK):
-            raise PermissionError(errno.EACCES, f"{what} is not writable", text)
-        return text  # a device or FIFO: written in place
+        return os.path.abspath(text)  # a device or FIFO: written in place
     directory = os.path.dirname(real)
     if not os.path.isdir(directory):
         raise FileNotFoundError(errno.ENOENT, f"{what}: directory does not exist", directory)
     try:
         fd, probe = _create_temp(directory)
     except OSError as exc:
+        if st is not None:
+            return os.path.abspath(text)  # the file itself is writable: in place
         raise type(exc)(exc.errno, f"{what}: cannot create a file in {directory}: "
                         f"{exc.strerror}") from None
     os.close(fd)
     os.unlink(probe)
-    return text
+    return os.path.abspath(text)
 
 
 def write_file(path: str | os.PathLike[str], data: bytes) -> None:
@@ -118,39 +124,75 @@ def write_file(path: str | os.PathLike[str], data: bytes) -> None:
     * A regular file (or a new one) is replaced all at once: a temporary
       file in the same directory, then a rename, so a reader never sees
       half a profile and a failed write leaves the old file as it was.
+      Where the directory does not let us make or rename files (a sticky
+      ``/tmp`` holding a file another user made writable for us), the file
+      is written in place, as ``open(path, "wb")`` would.
     * A symbolic link is followed: its target gets the profile, the link
-      stays a link.
-    * An existing file keeps its permission bits (and owner, when we may
-      set it); a new file gets ``0o666`` less the umask, as ``open()``
-      would make it.  Profiles hold command lines and label values, so a
-      ``umask 077`` or a ``0600`` file must keep them private.
+      stays a link.  (A hard link is replaced, not written through.)
+    * An existing file keeps its permission bits, setuid/setgid included
+      (and owner, when we may set it); a new file gets ``0o666`` less the
+      umask, as ``open()`` would make it.  Profiles hold command lines and
+      label values, so a ``umask 077`` or a ``0600`` file must keep them
+      private.  A file we may not write is an error, as for ``open()``.
     * A device or FIFO (``/dev/stdout``, a named pipe) is written in place:
-      renaming over it would replace it with a regular file.
+      renaming over it would replace it with a regular file.  A FIFO with
+      no reader is an error (ENXIO), not a wait that Ctrl-C cannot end.
     """
     real = os.path.realpath(os.fspath(path))
     st = _stat_or_none(real)
+    if st is not None and not os.access(real, os.W_OK):
+        raise PermissionError(errno.EACCES, "Permission denied", real)
     if st is not None and not stat.S_ISREG(st.st_mode):
-        with open(real, "wb") as f:
-            write_all(f, data)
+        _write_in_place(real, data, fifo=stat.S_ISFIFO(st.st_mode))
         return
-    fd, tmp = _create_temp(os.path.dirname(real))
+    try:
+        fd, tmp = _create_temp(os.path.dirname(real))
+    except OSError:
+        if st is None:
+            raise
+        _write_in_place(real, data, fifo=False)
+        return
     try:
         with os.fdopen(fd, "wb") as f:
             if st is not None:
-                # Before any data is in it: the old file's mode and owner.
-                os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
+                # Before any data is in it: the old file's owner, then its mode
+                # (changing the owner clears setuid and setgid bits).
                 try:
                     os.fchown(f.fileno(), st.st_uid, st.st_gid)
                 except OSError:
                     pass  # not ours to give away: the file becomes ours
+                os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
             write_all(f, data)
-        os.replace(tmp, real)
+        try:
+            os.replace(tmp, real)
+        except PermissionError:
+            if st is None:
+                raise
+            os.unlink(tmp)
+            _write_in_place(real, data, fifo=False)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+
+
+def _write_in_place(path: str, data: bytes, *, fifo: bool) -> None:
+    """Open ``path`` for writing and write ``data`` (a FIFO must have a reader now)."""
+    flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+    if fifo:
+        try:
+            fd = os.open(path, flags | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                raise OSError(errno.ENXIO, "no process is reading the FIFO", path) from None
+            raise
+        os.set_blocking(fd, True)
+    else:
+        fd = os.open(path, flags | os.O_TRUNC)
+    with os.fdopen(fd, "wb") as f:
+        write_all(f, data)
 
 
 def _stat_or_none(path: str) -> os.stat_result | None:

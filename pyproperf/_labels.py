@@ -47,7 +47,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar
 
-from pyproperf import _hooks, _labels_state
+from pyproperf import _hooks, _labels_state, _own
 from pyproperf._labels_inherit import (
     _LABELS_ATTR,
     _coro_frame,
@@ -148,6 +148,7 @@ def for_labels(
             break
 
 
+@_own.calls_user_code
 def do(
     ctx: LabelContext | contextvars.Context | None,
     labels: LabelSet,

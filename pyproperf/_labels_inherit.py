@@ -28,7 +28,7 @@ from collections.abc import Callable
 from types import FrameType, ModuleType
 from typing import Any
 
-from pyproperf import _hooks, _labels_state
+from pyproperf import _hooks, _labels_state, _own
 from pyproperf._labels_state import (
     LabelSet,
     _current,
@@ -130,6 +130,7 @@ class _Bound:
         self.fn = fn
         self.labels = labels
 
+    @_own.calls_user_code
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         ls = self.labels
         old = _get()

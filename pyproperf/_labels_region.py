@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
-from pyproperf import _labels_state
+from pyproperf import _labels_state, _own
 from pyproperf._labels_state import (
     LabelSet,
     _args_cache,
@@ -247,6 +247,7 @@ def _labeled_arg(kv: tuple[Any, ...]) -> LabelSet:
 def _wrap_sync(func: Callable[..., _T], ls: LabelSet) -> Callable[..., _T]:
     """``func`` called with ``ls`` merged into the caller's labels."""
     @functools.wraps(func)
+    @_own.calls_user_code
     def labeled_call(*args: Any, **kwargs: Any) -> _T:
         old = _get()
         new = ls if old is None else _merge(old, ls)
@@ -268,6 +269,7 @@ def _wrap_sync(func: Callable[..., _T], ls: LabelSet) -> Callable[..., _T]:
 def _wrap_coro(func: Callable[..., Any], ls: LabelSet) -> Callable[..., Any]:
     """``async def`` ``func`` awaited with ``ls`` merged into the awaiting task's labels."""
     @functools.wraps(func)
+    @_own.calls_user_code
     async def labeled_coro(*args: Any, **kwargs: Any) -> Any:
         old = _get()
         new = ls if old is None else _merge(old, ls)
@@ -286,6 +288,7 @@ def _wrap_coro(func: Callable[..., Any], ls: LabelSet) -> Callable[..., Any]:
 def _wrap_gen(func: Callable[..., Generator[Any, Any, Any]], ls: LabelSet) -> Callable[..., Any]:
     """Generator ``func`` with ``ls`` merged into the labels of whoever resumes each step."""
     @functools.wraps(func)
+    @_own.calls_user_code
     def labeled_gen(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
         gen = func(*args, **kwargs)
         frame = _getframe()
@@ -331,6 +334,7 @@ def _step_close(close: Callable[[], object], frame: FrameType, ls: LabelSet) -> 
 def _wrap_asyncgen(func: Callable[..., AsyncGenerator[Any, Any]], ls: LabelSet) -> Any:
     """Async generator ``func`` with ``ls`` merged into the labels of each step's awaiter."""
     @functools.wraps(func)
+    @_own.calls_user_code
     async def labeled_asyncgen(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
         agen = func(*args, **kwargs)
         frame = _getframe()

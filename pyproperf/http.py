@@ -34,7 +34,7 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from pyproperf import _http_core, _http_wait
+from pyproperf import _http_core, _http_wait, _own
 from pyproperf._http_core import DEFAULT_MAX_SECONDS, PREFIX, Response
 from pyproperf._http_server import Server, serve
 
@@ -90,6 +90,7 @@ class WSGIApp:
         #: Set to end waiting ``/profile`` and delta requests early.
         self.stopping = threading.Event()
 
+    @_own.calls_user_code
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         # PEP 3333: PATH_INFO holds the raw bytes as latin-1; URLs are UTF-8.
         raw = environ.get("PATH_INFO", "") or ""

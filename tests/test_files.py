@@ -208,3 +208,54 @@ def test_cli_reports_bad_outputs_before_running(tmp_path: Path) -> None:
         assert last.startswith("python -m pyproperf run: error: argument -o/--output: "), last
         assert "Traceback" not in out.stderr
         assert not marker.exists()
+
+
+def test_path_ending_in_a_separator_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(IsADirectoryError):
+        pyproperf.cpu_profile(str(tmp_path / "new.pb.gz") + os.sep)
+    assert os.listdir(tmp_path) == []
+
+
+def test_relative_path_is_fixed_when_the_profile_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    with pyproperf.cpu_profile("rel.pb.gz"):
+        os.chdir(second)
+        wl.spin(0.05)
+    assert_real_profile(first / "rel.pb.gz")
+    assert os.listdir(second) == []
+
+
+def test_fifo_without_a_reader_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="no process is reading"):
+        profile_section(fifo)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_setuid_bits_and_read_only_files_as_open_would(tmp_path: Path) -> None:
+    path = tmp_path / "tool.pb.gz"
+    path.write_bytes(b"old")
+    path.chmod(0o4755)
+    profile_section(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o4755
+    locked = tmp_path / "locked.pb.gz"
+    locked.write_bytes(b"old")
+    locked.chmod(0o444)
+    try:
+        with open(locked, "ab"):
+            opens = True
+    except PermissionError:
+        opens = False
+    if opens:  # root: open() may write it, so may we
+        profile_section(locked)
+        assert_real_profile(locked)
+    else:
+        with pytest.raises(PermissionError):
+            profile_section(locked)
+        assert locked.read_bytes() == b"old"

@@ -615,3 +615,20 @@ def test_served_heap_while_off_explains_itself_and_keeps_stderr_clean(tmp_path: 
     # (the positive control) is the only thing there.
     assert out.stderr.count("RuntimeWarning") == 1, out.stderr
     assert out.stderr.lstrip().startswith("<string>:"), out.stderr
+
+
+def test_user_allocations_under_pyproperf_wrappers_are_kept(tmp_path: Path) -> None:
+    """A builtin or exec'd callable run by ``labeled``/``do`` allocates for the user."""
+    pyproperf.start_heap_profile()
+    try:
+        by_builtin = pyproperf.labeled("k", "v")(bytearray)(5_000_000)
+        from_exec = eval("lambda ctx: bytearray(3_000_000)")  # its file is "<string>"
+        by_exec = pyproperf.do(None, pyproperf.labels("k", "v"), from_exec)
+        p = load(_heap.render("heap", 0))
+    finally:
+        pyproperf.stop_heap_profile()
+    inuse = sum(values[3] for _, values, _ in stacks(p))
+    assert inuse >= 8_000_000, inuse
+    names = {name for stack, _, _ in stacks(p) for name in stack}
+    assert not {n for n in names if n.startswith("pyproperf")}, names
+    del by_builtin, by_exec

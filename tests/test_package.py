@@ -15,7 +15,7 @@ PACKAGE = Path(pyproperf.__file__).parent
 # lower ones.  A new module must be placed here, which is the point.
 LAYERS: dict[int, set[str]] = {
     0: {"_pb", "_pb.profile_pb2"},  # generated schema code
-    1: {"_builder", "_io", "_read", "_text", "_hooks"},  # model, encoding, bounded reading; hooks
+    1: {"_builder", "_io", "_read", "_text", "_hooks", "_own"},  # model, encoding, reading; hooks
     2: {"_labels", "_labels_state", "_labels_region", "_labels_inherit"},  # what is active where
     3: {"_stacks"},  # frames -> stack keys
     4: {"_sampler", "_sigprof", "_helper", "_estimate", "_cpu", "_goroutine", "_heap",
