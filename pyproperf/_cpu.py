@@ -182,6 +182,7 @@ class CPUProfile:
 
         def leave() -> None:
             with self._lock:
+                engine.settle_current_thread()  # the call's last CPU, while it counts
                 if collector.call_ended():
                     engine.activity_changed()
 

@@ -428,6 +428,31 @@ class _Engine:
             sighting = _stacks.capture(frame, ident)
             self._charge(collectors, st, sighting, False, used, now, final=True)
 
+    def settle_current_thread(self) -> None:
+        """Charge the calling thread's CPU up to now, held-back CPU included.
+
+        A decorated function's call is ending in this thread: what it used
+        since the last look belongs to the call, and is charged where the
+        thread was last seen running (inside the call), while the call still
+        counts as in progress.  Otherwise a non-main thread's last stretch,
+        looked at only after the call returned, would be lost to its profile.
+        """
+        ident = _hooks.real_get_ident()
+        with self._tick_lock:
+            collectors = self._collectors
+            st = self.states.get(ident)
+            if not collectors or not self.sampling or st is None or st.clock is None:
+                return
+            if st.internal:
+                return
+            now = time.monotonic_ns()
+            try:
+                used = time.clock_gettime_ns(st.clock) - st.charged
+            except OSError:
+                return
+            sighting = _stacks.capture(sys._getframe(1), ident)
+            self._charge(collectors, st, sighting, False, used, now, final=True)
+
     def _forget_dead(self, frames: dict[int, FrameType], active: object) -> None:
         states = self.states
         if len(states) > len(frames):
