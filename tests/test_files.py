@@ -71,9 +71,10 @@ def test_existing_file_keeps_its_mode(tmp_path: Path) -> None:
     profile_section(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert_real_profile(path)
-    path.chmod(0o640)  # and any other mode
-    profile_section(path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    for mode in (0o640, 0o4755):  # and any other mode, setuid included
+        path.chmod(mode)
+        profile_section(path)
+        assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
 def test_new_file_honours_the_umask(tmp_path: Path, umask_077: None) -> None:
@@ -238,12 +239,7 @@ def test_fifo_without_a_reader_is_an_error_not_a_hang(tmp_path: Path) -> None:
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
-def test_setuid_bits_and_read_only_files_as_open_would(tmp_path: Path) -> None:
-    path = tmp_path / "tool.pb.gz"
-    path.write_bytes(b"old")
-    path.chmod(0o4755)
-    profile_section(path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o4755
+def test_read_only_files_as_open_would(tmp_path: Path) -> None:
     locked = tmp_path / "locked.pb.gz"
     locked.write_bytes(b"old")
     locked.chmod(0o444)
