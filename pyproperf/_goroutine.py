@@ -6,8 +6,8 @@ A "goroutine" here is any unit of execution with its own stack:
   which is the stack of whatever greenlet or task runs on it;
 * every suspended greenlet (gevent hubs and workers, plain greenlets, the
   main greenlet of a thread that switched away), with its saved stack;
-* every pending asyncio task of every running event loop that is not the
-  one running right now, with its whole await chain.
+* every suspended task of every running asyncio, uvloop or trio loop, with
+  its whole await chain (``_goroutine_tasks``).
 
 A running greenlet or task is on its thread's stack, so no unit is listed
 twice.  ``asyncio`` and ``greenlet`` are looked at only if something else
@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from types import CodeType, FrameType
 from typing import Any, NamedTuple
 
-from pyproperf import _hooks, _labels, _stacks, _text
+from pyproperf import _goroutine_tasks, _hooks, _labels, _stacks, _text
 from pyproperf._builder import Frame
 from pyproperf._labels import LabelSet
 from pyproperf._stacks import MAX_DEPTH, Resolver, StackKey
@@ -339,9 +339,8 @@ def _thread_of(ident: int) -> threading.Thread | None:
     return thread
 
 
-def _threads(units: list[Unit]) -> None:
+def _threads(units: list[Unit], frames: dict[int, FrameType]) -> None:
     me = _get_ident()
-    frames = sys._current_frames()
     active: dict[int, threading.Thread] = dict(getattr(threading, "_active", {}))
     by_ident = {t.ident: t for t in active.values()}  # differs under gevent's monkey-patching
     by_ident.setdefault(_MAIN_IDENT, threading.main_thread())
@@ -415,124 +414,26 @@ def _entry_code(fn: Any) -> CodeType | None:
     return code if isinstance(code, CodeType) else None
 
 
-def _pending_tasks() -> list[Any]:
-    """Every not-done task of a running loop, from asyncio's own task registries."""
-    mod = sys.modules.get("asyncio.tasks")
-    if mod is None:
-        return []
-    found: dict[int, Any] = {}
-    for attr in ("_all_tasks", "_scheduled_tasks"):  # WeakSets (3.10-3.11 / 3.12+)
-        ws = getattr(mod, attr, None)
-        data = getattr(ws, "data", None)
-        if data is None:
-            continue
-        for _ in range(1000):
-            try:
-                refs = list(data)
-                break
-            except RuntimeError:  # changed size while copying: another thread added one
-                continue
-        else:
-            refs = []
-        for r in refs:
-            t = r()
-            if t is not None:
-                found[id(t)] = t
-    eager = getattr(mod, "_eager_tasks", None)  # 3.12+: tasks running eagerly
-    if isinstance(eager, set):
-        for _ in range(1000):
-            try:
-                found.update((id(t), t) for t in list(eager))
-                break
-            except RuntimeError:
-                continue
-    out = []
-    for t in found.values():
-        try:
-            if not t.done() and t.get_loop().is_running():
-                out.append(t)
-        except Exception:  # a foreign task type without these methods
-            continue
-    return out
-
-
-def _await_chain(coro: Any) -> tuple[list[FrameType], Any]:
-    """Frames of a suspended coroutine's await chain, outermost first; and the leaf awaitable."""
-    frames: list[FrameType] = []
-    obj = coro
-    while obj is not None and len(frames) <= MAX_DEPTH:
-        frame = (
-            getattr(obj, "cr_frame", None)
-            or getattr(obj, "gi_frame", None)
-            or getattr(obj, "ag_frame", None)
-        )
-        if frame is None:
-            break
-        frames.append(frame)
-        nxt = getattr(obj, "cr_await", None)
-        if nxt is None:
-            nxt = getattr(obj, "gi_yieldfrom", None)
-        if nxt is None:
-            nxt = getattr(obj, "ag_await", None)
-        obj = nxt
-    return frames, obj
-
-
-def _tasks_units(units: list[Unit]) -> None:
+def _tasks_units(units: list[Unit], views: Iterator[_goroutine_tasks.TaskView]) -> None:
     labels_of = getattr(_labels, "labels_of_task", None)
-    for t in _pending_tasks():
-        coro = t.get_coro()
-        if coro is None:
-            continue
-        if getattr(coro, "cr_running", False) or getattr(coro, "gi_running", False):
-            continue  # running now: it is on its thread's stack
-        chain, leaf = _await_chain(coro)
-        if not chain or _not_started(coro, chain[0]):
-            state = "runnable"
-        elif leaf is None or _safe_done(leaf):
-            state = "runnable"  # yielded to the loop, or what it awaits is done
-        elif chain[-1].f_code is _asyncio_sleep_code():
-            state = "sleep"
-        else:
-            state = "waiting"
-        frames = chain[::-1]
-        labels = _no_set(labels_of(t)) if labels_of is not None else _labels_in(frames)
-        try:
-            name = t.get_name()
-        except Exception:
-            name = type(t).__name__
-        units.append(Unit("task", name, state, _key_of_frames(frames), labels, t, 0, False))
-
-
-def _not_started(coro: Any, frame: FrameType) -> bool:
-    suspended = getattr(coro, "cr_suspended", None)  # 3.11+
-    if suspended is None:
-        suspended = getattr(coro, "gi_suspended", None)
-    if suspended is not None:
-        return not suspended
-    return frame.f_lasti < 0  # 3.10
-
-
-def _asyncio_sleep_code() -> CodeType | None:
-    sleep = getattr(sys.modules.get("asyncio.tasks"), "sleep", None)
-    return _entry_code(sleep)
-
-
-def _safe_done(fut: Any) -> bool:
-    try:
-        return bool(fut.done())
-    except Exception:
-        return False
+    for view in views:
+        frames = view.frames
+        labels = _no_set(labels_of(view.obj)) if labels_of is not None else _labels_in(frames)
+        units.append(Unit("task", view.name, view.state, _key_of_frames(frames), labels,
+                          view.obj, 0, False))
 
 
 def snapshot() -> list[Unit]:
     """Every unit now: threads, then suspended greenlets, then pending tasks."""
     units: list[Unit] = []
-    _threads(units)
+    frames = sys._current_frames()
+    _threads(units, frames)
     if "greenlet" in sys.modules:
         _greenlets_units(units)
     if "asyncio.tasks" in sys.modules:
-        _tasks_units(units)
+        _tasks_units(units, _goroutine_tasks.asyncio_tasks())
+    if "trio" in sys.modules:
+        _tasks_units(units, _goroutine_tasks.trio_tasks(frames.values()))
     return units
 
 

@@ -12,6 +12,10 @@ Other modules never patch the interpreter themselves; they register here:
   after a module is imported, for modules pyproperf must patch but never
   imports itself (asyncio, gevent, concurrent.futures).  It leaves
   ``sys.meta_path`` when nothing is watched.
+* ``wrap_attribute``: replaces a method or function of a third-party class
+  or module by a wrapper that calls the original (label inheritance into
+  executors, event-loop tasks, worker threads); each one is listed in
+  ``wrapped`` and marked, so it is wrapped once however often it is asked.
 * ``at_fork_child`` / ``at_exit``: one ``os.register_at_fork`` handler and
   one ``atexit`` handler, calling the registered functions (at exit, the
   last registered first, as ``atexit`` does).
@@ -26,6 +30,8 @@ host's thread, import, fork or exit.
 from __future__ import annotations
 
 import atexit
+import functools
+import inspect
 import os
 import sys
 import threading
@@ -44,6 +50,8 @@ __all__ = [
     "on_thread_start",
     "real_get_ident",
     "real_thread",
+    "wrap_attribute",
+    "wrapped",
 ]
 
 # -- the real OS-thread primitives --------------------------------------------------------
@@ -168,6 +176,44 @@ def _wrap_threads() -> None:
     _own.register_code(bootstrap_code)
     cls.start = start  # type: ignore[method-assign]
     cls._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
+
+
+# -- third-party methods and functions --------------------------------------------------------
+
+_WRAP_MARK = "__pyproperf_wrapper__"
+# "module.Class.name" of every attribute wrapped so far, in order.
+wrapped: list[str] = []
+
+
+def wrap_attribute(
+    owner: Any, name: str, make: Callable[[Any], Callable[..., Any]], *, calls_user_code: bool
+) -> None:
+    """Replace ``owner.<name>`` (a class's method, a module's function) by ``make(original)``.
+
+    A classmethod or staticmethod stays one: ``make`` gets and returns the
+    plain function (a classmethod's takes the class first).
+
+    Done once: an attribute that is our wrapper already is left as it is.
+    ``calls_user_code``: the wrapper runs the user's code under it (a task's
+    first step, a submitted job), so heap profiles keep what it allocates.
+    """
+    static = inspect.getattr_static(owner, name)
+    kind = type(static) if isinstance(static, (classmethod, staticmethod)) else None
+    original = static.__func__ if kind is not None else getattr(owner, name)
+    if getattr(original, _WRAP_MARK, False):
+        return
+    wrapper = make(original)
+    try:
+        wrapper = functools.update_wrapper(wrapper, original)
+    except AttributeError:  # pragma: no cover - a builtin without __name__ or __doc__
+        pass
+    setattr(wrapper, _WRAP_MARK, True)
+    if calls_user_code:
+        _own.calls_user_code(wrapper)
+    setattr(owner, name, wrapper if kind is None else kind(wrapper))
+    where = getattr(owner, "__qualname__", None) or getattr(owner, "__name__", "?")
+    module = getattr(owner, "__module__", None)
+    wrapped.append(f"{module}.{where}.{name}" if isinstance(module, str) else f"{where}.{name}")
 
 
 # -- imports ---------------------------------------------------------------------------------

@@ -40,7 +40,6 @@ imports, and re-exports the others' names:
 from __future__ import annotations
 
 import contextvars
-import functools
 import sys
 import weakref
 from collections.abc import Callable
@@ -48,12 +47,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from pyproperf import _hooks, _labels_state, _own
-from pyproperf._labels_inherit import (
-    _LABELS_ATTR,
-    _coro_frame,
-    _forget_frame,
-    _task_root,
-)
+from pyproperf._labels_inherit import _LABELS_ATTR
 
 # Internals that tests and benchmarks reach through this module (explicit re-exports).
 from pyproperf._labels_inherit import _ensure_tracer as _ensure_tracer  # noqa: PLC0414
@@ -74,11 +68,13 @@ from pyproperf._labels_state import (
     _set,
     labels,
 )
+from pyproperf._labels_tasks import coro_frame, forget_with_task, running_task, task_root
 
 __all__ = [
     "EMPTY",
     "LabelContext",
     "LabelSet",
+    "context_labels",
     "do",
     "for_labels",
     "frame_labels",
@@ -182,17 +178,27 @@ def do(
 def set_goroutine_labels(ctx: LabelContext | contextvars.Context | None = None) -> None:
     """Replace the current unit's labels with ctx's (Go: ``SetGoroutineLabels``).
 
-    The unit is the running asyncio task, else the running greenlet, else
+    The unit is the running task (asyncio, uvloop, trio, anyio), else the running greenlet, else
     the thread.  The change lasts until the innermost enclosing ``labeled``
     region or ``do`` call ends (which restores what was there before it),
     or for the unit's whole life when there is none.
     """
     new = _labels_of_ctx(ctx)
+    activate = _labels_state._on_first_set
+    if activate is not None:  # no label set made yet: the hooks that end registrations
+        activate()
     _set(new)
     _publish(new, _getframe(1))
 
 
 # --- per-unit lookups ------------------------------------------------------------------------
+
+
+# The labels of the code running in the calling thread, read from its context: the
+# sampler's signal handler runs in the context of the code it interrupted, so
+# its samples see labels even where no hook registered a frame (a task of a loop
+# pyproperf does not hook, a callback a labelled region scheduled).
+context_labels: Callable[[], LabelSet | None] = _get
 
 
 def unit_labels(ident: int) -> LabelSet | None:
@@ -204,18 +210,6 @@ def unit_labels(ident: int) -> LabelSet | None:
     return _unit_labels.get(ident)
 
 
-def _current_task() -> Any:
-    """The running asyncio task of this thread, or None (asyncio not even imported)."""
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is None:
-        return None
-    try:
-        loop = asyncio.events._get_running_loop()
-        return None if loop is None else asyncio.tasks.current_task(loop)
-    except Exception:  # pragma: no cover - an exotic loop
-        return None
-
-
 def _publish(new: LabelSet | None, frame: FrameType | None) -> None:
     """Make the sampler see ``new`` for the running unit from ``frame`` on.
 
@@ -225,8 +219,8 @@ def _publish(new: LabelSet | None, frame: FrameType | None) -> None:
     thread's bootstrap frame, or else its outermost frame (``_outermost``).
     """
     value = EMPTY if new is None else new
-    task = _current_task()
-    root = _task_root(task) if task is not None else None
+    task = running_task()
+    root = task_root(task) if task is not None else None
     boot_code = _hooks.bootstrap_code
     f = frame
     bottom = boot = None
@@ -243,7 +237,7 @@ def _publish(new: LabelSet | None, frame: FrameType | None) -> None:
     if task is not None:
         if root is not None:
             frame_labels[root] = value
-            task.add_done_callback(functools.partial(_forget_frame, root))
+            forget_with_task(task, root)
         return
     g = _current_greenlet()
     if g is not None and g.parent is not None and bottom is not None:
@@ -344,18 +338,21 @@ def labels_of_greenlet(g: Any) -> LabelSet | None:
 
 
 def labels_of_task(task: Any) -> LabelSet | None:
-    """The labels of asyncio ``task`` (None: no label set), for the goroutine profile."""
-    if task is _current_task():
+    """The labels of an asyncio or trio ``task`` (None: no label set), for the goroutine profile."""
+    if task is running_task():
         return _get()
+    context = getattr(task, "context", None)  # trio
+    if isinstance(context, contextvars.Context):
+        return context.get(_current)
     get_context = getattr(task, "get_context", None)
-    if get_context is not None:  # Python 3.12+
+    if get_context is not None:  # asyncio, Python 3.12+
         return get_context().get(_current)  # type: ignore[no-any-return]
     # Older Pythons: the innermost registered frame along the await chain.
     found: LabelSet | None = None
     coro: Any = task.get_coro()
     seen = 0
     while coro is not None and seen < 1000:
-        frame = _coro_frame(coro)
+        frame = coro_frame(coro)
         if frame is not None:
             ls = frame_labels.get(frame)
             if ls is not None:

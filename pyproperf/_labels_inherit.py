@@ -5,8 +5,8 @@ way Python starts a unit of work:
 
 * ``threading.Thread``: the labels active at ``start()``, for the thread's life;
 * ``concurrent.futures`` executors: the labels active at ``submit()``;
-* asyncio's ``BaseEventLoop.create_task``: the task's context copy has them
-  already; its root coroutine frame is registered for the sampler;
+* event-loop tasks (asyncio, uvloop, trio, anyio) and the worker threads
+  of trio and anyio: see ``_labels_tasks``;
 * gevent's spawn callbacks: the labels active at ``start()``/``spawn()``;
 * a greenlet switch tracer, in programs without gevent: a fresh plain
   greenlet takes the labels of the greenlet that first switches into it.
@@ -28,13 +28,13 @@ from collections.abc import Callable
 from types import FrameType, ModuleType
 from typing import Any
 
-from pyproperf import _hooks, _labels_state, _own
+from pyproperf import _hooks, _labels_state, _labels_tasks
+from pyproperf._labels_region import bind
 from pyproperf._labels_state import (
     LabelSet,
     _current,
     _get,
     _getframe,
-    _merge,
     _set,
 )
 
@@ -121,49 +121,9 @@ def _thread_done(thread: threading.Thread, frame: FrameType, traced: bool) -> No
 # --- concurrent.futures: submitted work runs with the labels active at submit().
 
 
-class _Bound:
-    """``fn`` run with a label set (picklable, for process pools)."""
+def _submit_with_labels(submit: Callable[..., Any]) -> Callable[..., Any]:
+    """An executor's ``submit`` that binds the submitted callable to the active labels."""
 
-    __slots__ = ("fn", "labels")
-
-    def __init__(self, fn: Callable[..., Any], labels: LabelSet) -> None:
-        self.fn = fn
-        self.labels = labels
-
-    @_own.calls_user_code
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        ls = self.labels
-        old = _get()
-        new = ls if old is None else _merge(old, ls)
-        _set(new)
-        frame = _getframe()
-        frame_labels[frame] = new
-        try:
-            return self.fn(*args, **kwargs)
-        finally:
-            frame_labels.pop(frame, None)
-            _set(old)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_Bound, (self.fn, self.labels))
-
-    def __getattr__(self, name: str) -> Any:
-        # Introspection (__name__, __qualname__, __code__, __self__) sees fn.
-        if name in ("fn", "labels"):
-            raise AttributeError(name)
-        return getattr(self.fn, name)
-
-    def __repr__(self) -> str:
-        return f"<{self.fn!r} with {self.labels!r}>"
-
-
-def _patch_submit(cls: type) -> None:
-    """Make ``cls.submit`` bind the active labels to the submitted callable."""
-    submit = cls.submit  # type: ignore[attr-defined]
-    if getattr(submit, _HOOK_MARK, False):
-        return
-
-    @functools.wraps(submit)
     def submit_with_labels(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         ls = _get()
         if ls is None:
@@ -171,12 +131,15 @@ def _patch_submit(cls: type) -> None:
         # The pool's own workers, started here, must not inherit the labels.
         _set(None)
         try:
-            return submit(self, _Bound(fn, ls), *args, **kwargs)
+            return submit(self, bind(fn, ls), *args, **kwargs)
         finally:
             _set(ls)
 
-    setattr(submit_with_labels, _HOOK_MARK, True)
-    cls.submit = submit_with_labels  # type: ignore[attr-defined]
+    return submit_with_labels
+
+
+def _patch_submit(cls: type) -> None:
+    _hooks.wrap_attribute(cls, "submit", _submit_with_labels, calls_user_code=True)
 
 
 def _hook_thread_pool(module: ModuleType) -> None:
@@ -185,57 +148,6 @@ def _hook_thread_pool(module: ModuleType) -> None:
 
 def _hook_process_pool(module: ModuleType) -> None:
     _patch_submit(module.ProcessPoolExecutor)
-
-
-# --- asyncio: a task created in a labelled region carries the labels (its context
-# copy has them; its root coroutine frame is registered for the sampler).
-
-
-def _hook_asyncio(module: ModuleType) -> None:
-    """Patch ``BaseEventLoop.create_task`` to register labelled tasks' root frames."""
-    cls = module.BaseEventLoop
-    create_task = cls.create_task
-    if getattr(create_task, _HOOK_MARK, False):
-        return
-
-    @functools.wraps(create_task)
-    def create_task_with_labels(self: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
-        context = kwargs.get("context")
-        ls = _get() if context is None else context.get(_current)
-        task = create_task(self, coro, *args, **kwargs)
-        if ls is not None:
-            _register_task(task, ls)
-        return task
-
-    setattr(create_task_with_labels, _HOOK_MARK, True)
-    cls.create_task = create_task_with_labels
-
-
-def _register_task(task: Any, ls: LabelSet) -> None:
-    """Register ``task``'s root frame with ``ls`` until the task is done."""
-    if task.done():
-        return
-    root = _task_root(task)
-    if root is None or root in frame_labels:
-        return
-    frame_labels[root] = ls
-    task.add_done_callback(functools.partial(_forget_frame, root))
-
-
-def _coro_frame(coro: Any) -> Any:
-    """The frame of a coroutine or generator-based coroutine (None once finished)."""
-    return getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-
-
-def _task_root(task: Any) -> FrameType | None:
-    """The frame of the task's own coroutine: the root of its stack."""
-    frame = _coro_frame(task.get_coro())
-    return frame if isinstance(frame, FrameType) else None
-
-
-def _forget_frame(frame: FrameType, _task: object = None) -> None:
-    """Drop ``frame``'s registration (a task done-callback, hence the second argument)."""
-    frame_labels.pop(frame, None)
 
 
 # --- greenlet.  gevent (a spawn callback): a greenlet carries the labels active at
@@ -350,11 +262,11 @@ def _on_gevent_spawn(g: Any) -> None:
     ls = _get()
     g.__dict__[_LABELS_ATTR] = ls
     if ls is not None:
-        g._run = _Bound(g._run, ls)
+        g._run = bind(g._run, ls)
 
 
 _IMPORT_HOOKS: dict[str, Callable[[ModuleType], None]] = {
-    "asyncio.base_events": _hook_asyncio,
+    **_labels_tasks.IMPORT_HOOKS,
     "concurrent.futures.thread": _hook_thread_pool,
     "concurrent.futures.process": _hook_process_pool,
     "greenlet": _hook_greenlet,

@@ -33,7 +33,7 @@ from pyproperf._labels_state import (
     _set,
 )
 
-__all__ = ["labeled"]
+__all__ = ["Bound", "bind", "labeled"]
 
 frame_labels = _labels_state.frame_labels  # not from-imported: see _labels_state
 
@@ -231,6 +231,56 @@ class labeled:
         if inspect.iscoroutinefunction(func):
             return _wrap_coro(func, ls)  # type: ignore[return-value]
         return _wrap_sync(func, ls)  # type: ignore[return-value]
+
+
+class Bound:
+    """``fn`` called with a label set merged into the caller's, for a unit run elsewhere.
+
+    What an inheritance hook hands to code that runs ``fn`` later in another
+    thread or greenlet (executor jobs, gevent greenlets, worker threads of
+    trio and anyio): ``labeled(ls)(fn)`` that can be pickled (process pools)
+    and that hooks can recognise, so that work passed through two hooked
+    layers is bound once.  Each call registers its own frame for the sampler.
+    """
+
+    __slots__ = ("fn", "labels")
+
+    def __init__(self, fn: Callable[..., Any], labels: LabelSet) -> None:
+        self.fn = fn
+        self.labels = labels
+
+    @_own.calls_user_code
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        ls = self.labels
+        old = _get()
+        new = ls if old is None else _merge(old, ls)
+        _set(new)
+        frame = _getframe()
+        frame_labels[frame] = new
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            frame_labels.pop(frame, None)
+            _set(old)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Bound, (self.fn, self.labels))
+
+    def __getattr__(self, name: str) -> Any:
+        # Introspection (__name__, __qualname__, __code__, __self__) sees fn.
+        if name in ("fn", "labels"):
+            raise AttributeError(name)
+        return getattr(self.fn, name)
+
+    def __repr__(self) -> str:
+        return f"<{self.fn!r} with {self.labels!r}>"
+
+
+def bind(fn: Callable[..., Any], ls: LabelSet) -> Callable[..., Any]:
+    """``fn`` bound to ``ls`` (``fn`` itself when a hook further out already bound it to ``ls``)."""
+    if type(fn) is Bound and fn.labels is ls:
+        return fn
+    return Bound(fn, ls)
 
 
 def _labeled_arg(kv: tuple[Any, ...]) -> LabelSet:

@@ -27,7 +27,7 @@ import threading
 import time
 from types import CodeType, FrameType
 
-from pyproperf import _hooks, _stacks
+from pyproperf import _hooks, _labels, _stacks
 from pyproperf._builder import ProfileBuilder
 from pyproperf._estimate import INTERNAL_THREAD_PREFIX, Sighting, ThreadState, observe, settle
 from pyproperf._helper import HelperClock
@@ -306,6 +306,8 @@ class _Engine:
                     return
                 gettime = time.clock_gettime_ns
                 sighting = _stacks.capture(frame, ident)
+                if sighting[1] is None:  # no registered frame: the interrupted code's context
+                    sighting = (sighting[0], _labels.context_labels())
                 others = self.want_wall
                 for other in list(self.states.values()):
                     if others:
@@ -451,6 +453,8 @@ class _Engine:
             except OSError:
                 return
             sighting = _stacks.capture(sys._getframe(1), ident)
+            if sighting[1] is None:
+                sighting = (sighting[0], _labels.context_labels())
             self._charge(collectors, st, sighting, False, used, now, final=True)
 
     def _forget_dead(self, frames: dict[int, FrameType], active: object) -> None:

@@ -133,6 +133,21 @@ def tags(path: str | os.PathLike[str], *extra: str) -> str:
     return pprof("-tags", *extra, path)
 
 
+def tag_seconds(path: str | os.PathLike[str], key: str, *extra: str) -> dict[str, float]:
+    """``go tool pprof -tags``: the seconds of each value of label ``key``."""
+    out: dict[str, float] = {}
+    section = False
+    for line in tags(path, *extra).splitlines():
+        head = re.match(r"\s*(\S+): Total ", line)
+        if head:
+            section = head.group(1) == key
+            continue
+        m = re.match(r"\s+(\S+) \(\s*[\d.]+%\): (.*)$", line)
+        if section and m:
+            out[m.group(2)] = parse_quantity(m.group(1))
+    return out
+
+
 def raw(path: str | os.PathLike[str], *extra: str) -> str:
     """``go tool pprof -raw`` output."""
     return pprof("-raw", *extra, path)

@@ -231,7 +231,7 @@ def test_every_kind_of_unit_is_found_with_its_stack_and_name() -> None:
 
     for name in ("task-0", "task-1", "task-labeled"):
         u = named[name]
-        assert u.kind == "task" and u.state == "waiting"
+        assert u.kind == "task" and u.state == "chan receive"  # asyncio.Event.wait: Go's <-ch
         assert u.funcs[0] == "asyncio.locks.Event.wait"
         assert u.funcs[1] == f"{MOD}.task_leaf"
         assert u.funcs[2] == f"{MOD}.{'labeled_' if name == 'task-labeled' else ''}task_worker"

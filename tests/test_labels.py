@@ -28,6 +28,7 @@ import pytest
 
 import pyproperf
 from pyproperf import LabelContext, LabelSet, _labels, _stacks
+from tests.pprof_tool import tag_seconds
 
 greenlet = pytest.importorskip("greenlet")
 gevent = pytest.importorskip("gevent")
@@ -1309,23 +1310,6 @@ def _run_tasks(targets: dict[str, float]) -> dict[str, float]:
     return used
 
 
-def _tag_values(path: str, key: str) -> dict[str, float]:
-    """``go tool pprof -tags``: seconds per value of label ``key``."""
-    from tests.pprof_tool import parse_quantity, tags
-
-    out: dict[str, float] = {}
-    section = False
-    for line in tags(path).splitlines():
-        head = re.match(r"\s*(\S+): Total ", line)
-        if head:
-            section = head.group(1) == key
-            continue
-        m = re.match(r"\s+(\S+) \(\s*[\d.]+%\): (.*)$", line)
-        if section and m:
-            out[m.group(2)] = parse_quantity(m.group(1))
-    return out
-
-
 def _focused_total(path: str, value: str) -> float:
     """CPU seconds of the samples ``-tagfocus=request=^value$`` keeps."""
     from tests.pprof_tool import parse_quantity, top
@@ -1347,7 +1331,7 @@ def _ground_truth_errors(run: Any, scale: float, tmp: Any) -> list[str]:
             used = run(targets)
         finally:
             pyproperf.stop_cpu_profile()
-    per_label = _tag_values(path, "request")
+    per_label = tag_seconds(path, "request")
     errors = []
     true_total = sum(used.values())
     prof_total = sum(per_label.get(n, 0.0) for n in used)

@@ -1,0 +1,248 @@
+"""Label inheritance for event-loop tasks: asyncio, uvloop, trio (anyio on either), and
+the worker threads they hand blocking calls to.
+
+A task created in a labelled region carries the region's labels for its
+life: its context copy has them already (every one of these loops runs a
+task's steps in the context it copied at creation, so ``label()`` works
+without us).  What the hooks add is for the sampler, which cannot read that
+context from a signal handler's or another thread's point of view: the
+task's root coroutine frame is registered in ``frame_labels`` until the
+task ends, and every sample taken inside the task finds it on the stack.
+
+Where each loop creates its tasks, and what is wrapped there:
+
+* asyncio: ``BaseEventLoop.create_task`` (``create_task``, ``ensure_future``,
+  ``gather``, ``TaskGroup``, eager tasks; the task's end is a done-callback);
+* uvloop: its loop class ``uvloop.Loop`` is a Python subclass of the
+  compiled loop, so its ``create_task`` is wrapped the same way;
+* trio: ``Runner.spawn_impl``, through which every task is spawned (the
+  main task, ``start_soon``, ``start``, system tasks; anyio's task groups
+  on trio), and ``Runner.task_exited``, which ends the registration;
+* worker threads: ``trio.to_thread.run_sync`` and ``anyio.to_thread.run_sync``
+  (Starlette's and FastAPI's thread pool) run the function in a pooled
+  thread under a copy of the caller's context; the function is bound to
+  the labels (``_labels_region.bind``) so that the worker registers them,
+  and the pool's threads do not inherit them.
+  ``asyncio.to_thread`` needs nothing here: it goes through an executor's
+  ``submit`` (``_labels_inherit``).
+
+``running_task()`` says which task runs now, for ``set_goroutine_labels``,
+and ``forget_with_task`` ends a registration made inside a task.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from types import FrameType, ModuleType
+from typing import Any
+
+from pyproperf import _hooks, _labels_state
+from pyproperf._labels_region import bind
+from pyproperf._labels_state import LabelSet, _current, _get, _set
+
+__all__ = ["IMPORT_HOOKS", "coro_frame", "forget_with_task", "running_task", "task_root"]
+
+frame_labels = _labels_state.frame_labels  # not from-imported: see _labels_state
+
+# trio task -> the root frame registered for it (trio tasks take no attributes).
+_trio_roots: dict[Any, FrameType] = {}
+
+
+# --- frames of tasks --------------------------------------------------------------------
+
+
+def coro_frame(coro: Any) -> Any:
+    """The frame of a coroutine or generator-based coroutine (None once finished)."""
+    return getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+
+
+def task_root(task: Any) -> FrameType | None:
+    """The frame of an asyncio or trio task's own coroutine: the root of its stack."""
+    get_coro = getattr(task, "get_coro", None)
+    coro = get_coro() if get_coro is not None else getattr(task, "coro", None)
+    frame = coro_frame(coro)
+    return frame if isinstance(frame, FrameType) else None
+
+
+def _forget_frame(frame: FrameType, _task: object = None) -> None:
+    """Drop ``frame``'s registration (a task done-callback, hence the second argument)."""
+    frame_labels.pop(frame, None)
+
+
+def forget_with_task(task: Any, frame: FrameType) -> None:
+    """Drop ``frame``'s registration when ``task`` (asyncio or trio) ends."""
+    add_done_callback = getattr(task, "add_done_callback", None)
+    if add_done_callback is not None:
+        add_done_callback(functools.partial(_forget_frame, frame))
+    else:  # trio: Runner.task_exited, wrapped below
+        _trio_roots[task] = frame
+
+
+def running_task() -> Any:
+    """The task running in this thread: trio's, else asyncio's (uvloop's too); None outside."""
+    trio = sys.modules.get("trio.lowlevel")
+    if trio is not None:
+        try:
+            return trio.current_task()
+        except RuntimeError:  # no trio task runs in this thread
+            pass
+        except Exception:  # pragma: no cover - a changed trio
+            pass
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None
+    try:
+        loop = asyncio.events._get_running_loop()
+        return None if loop is None else asyncio.tasks.current_task(loop)
+    except Exception:  # pragma: no cover - an exotic loop
+        return None
+
+
+# --- asyncio and uvloop: create_task ------------------------------------------------------
+
+
+def _create_task_with_labels(create_task: Callable[..., Any]) -> Callable[..., Any]:
+    """``create_task`` that registers a labelled task's root frame."""
+
+    def create_task_with_labels(self: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
+        context = kwargs.get("context")
+        ls = _get() if context is None else context.get(_current)
+        task = create_task(self, coro, *args, **kwargs)
+        if ls is not None:
+            _register_task(task, ls)
+        return task
+
+    return create_task_with_labels
+
+
+def _register_task(task: Any, ls: LabelSet) -> None:
+    """Register an asyncio ``task``'s root frame with ``ls`` until the task is done."""
+    if task.done():
+        return
+    root = task_root(task)
+    if root is None or root in frame_labels:
+        return
+    frame_labels[root] = ls
+    task.add_done_callback(functools.partial(_forget_frame, root))
+
+
+def _hook_asyncio(module: ModuleType) -> None:
+    # An eager task's first step runs inside create_task: user code.
+    _hooks.wrap_attribute(
+        module.BaseEventLoop, "create_task", _create_task_with_labels, calls_user_code=True
+    )
+
+
+def _hook_uvloop(module: ModuleType) -> None:
+    _hooks.wrap_attribute(module.Loop, "create_task", _create_task_with_labels,
+                          calls_user_code=True)
+
+
+# --- trio: Runner.spawn_impl and Runner.task_exited ---------------------------------------
+
+
+def _spawn_impl_with_labels(spawn_impl: Callable[..., Any]) -> Callable[..., Any]:
+    """``Runner.spawn_impl`` that registers a labelled task's root frame until it exits."""
+    roots = _trio_roots
+    registry = frame_labels
+
+    def spawn_impl_with_labels(self: Any, *args: Any, **kwargs: Any) -> Any:
+        task = spawn_impl(self, *args, **kwargs)
+        ls = task.context.get(_current)
+        if ls is not None:
+            root = coro_frame(task.coro)
+            if isinstance(root, FrameType) and root not in registry:
+                registry[root] = ls
+                roots[task] = root
+        return task
+
+    return spawn_impl_with_labels
+
+
+def _task_exited_forgetting_labels(task_exited: Callable[..., Any]) -> Callable[..., Any]:
+    """``Runner.task_exited`` that first drops the task's registration."""
+    roots = _trio_roots
+    registry = frame_labels
+
+    def task_exited_forgetting_labels(self: Any, task: Any, outcome: Any) -> Any:
+        root = roots.pop(task, None)
+        if root is not None:
+            registry.pop(root, None)
+        return task_exited(self, task, outcome)
+
+    return task_exited_forgetting_labels
+
+
+def _hook_trio(module: ModuleType) -> None:
+    # spawn_impl creates the task's coroutine: the user's async function is called there.
+    _hooks.wrap_attribute(module.Runner, "spawn_impl", _spawn_impl_with_labels,
+                          calls_user_code=True)
+    _hooks.wrap_attribute(module.Runner, "task_exited", _task_exited_forgetting_labels,
+                          calls_user_code=False)
+
+
+# --- worker threads: trio's thread cache, anyio's workers on asyncio -----------------------
+#
+# Both run the function in a pooled thread under a copy of the caller's
+# context; the hooks bind it to the caller's labels, and hand it over with
+# none active, so that a worker thread the pool starts for this call does not
+# inherit the labels for its life (it serves later calls).  The wrapped names
+# are the ones the public functions look up at each call (trio.to_thread.
+# run_sync -> trio._threads.start_thread_soon; anyio.to_thread.run_sync ->
+# the backend's run_sync_in_worker_thread; anyio on trio goes through trio's),
+# so references taken before the hooks went in are covered too.
+
+
+def _start_thread_soon_with_labels(start: Callable[..., Any]) -> Callable[..., Any]:
+    """trio's ``start_thread_soon(fn, deliver, ...)`` with ``fn`` bound to the caller's labels."""
+
+    def start_thread_soon_with_labels(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        ls = _get()
+        if ls is None:
+            return start(fn, *args, **kwargs)
+        _set(None)
+        try:
+            return start(bind(fn, ls), *args, **kwargs)
+        finally:
+            _set(ls)
+
+    return start_thread_soon_with_labels
+
+
+def _run_in_worker_with_labels(run: Callable[..., Any]) -> Callable[..., Any]:
+    """anyio's ``run_sync_in_worker_thread(func, args, ...)`` with ``func`` bound to the labels."""
+
+    async def run_sync_in_worker_thread_with_labels(
+        cls: Any, func: Any, /, *args: Any, **kwargs: Any
+    ) -> Any:
+        ls = _get()
+        if ls is None:
+            return await run(cls, func, *args, **kwargs)
+        _set(None)
+        try:
+            return await run(cls, bind(func, ls), *args, **kwargs)
+        finally:
+            _set(ls)
+
+    return run_sync_in_worker_thread_with_labels
+
+
+def _hook_trio_threads(module: ModuleType) -> None:
+    _hooks.wrap_attribute(module, "start_thread_soon", _start_thread_soon_with_labels,
+                          calls_user_code=True)
+
+
+def _hook_anyio_asyncio(module: ModuleType) -> None:
+    _hooks.wrap_attribute(module.AsyncIOBackend, "run_sync_in_worker_thread",
+                          _run_in_worker_with_labels, calls_user_code=True)
+
+
+IMPORT_HOOKS: dict[str, Callable[[ModuleType], None]] = {
+    "asyncio.base_events": _hook_asyncio,
+    "uvloop": _hook_uvloop,
+    "trio._core._run": _hook_trio,
+    "trio._threads": _hook_trio_threads,
+    "anyio._backends._asyncio": _hook_anyio_asyncio,
+}
