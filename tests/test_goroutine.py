@@ -424,6 +424,54 @@ def test_pending_tasks_on_the_current_loop_and_states() -> None:
     assert named["fresh"].funcs[0].endswith("not_started")
 
 
+def test_asyncio_tasks_blocked_are_named_as_go_names_what_a_goroutine_waits_for() -> None:
+    async def blocked(what: str, aw: Any) -> None:
+        await aw
+
+    async def main() -> list[Dumped]:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        full: asyncio.Queue[int] = asyncio.Queue(1)
+        full.put_nowait(1)
+        lock = asyncio.Lock()
+        await lock.acquire()
+        sem = asyncio.Semaphore(0)
+        cond = asyncio.Condition()
+        accepted: list[asyncio.StreamWriter] = []  # held open: the reader below waits
+        server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+        async def in_cond() -> None:
+            async with cond:
+                await cond.wait()
+
+        waits = {
+            "get": queue.get(), "put": full.put(2), "lock": lock.acquire(),
+            "sem": sem.acquire(), "cond": in_cond(), "read": reader.read(1),
+        }
+        tasks = [asyncio.create_task(blocked(k, aw), name=k) for k, aw in waits.items()]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        units = dump()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for w in (writer, *accepted):
+            w.close()
+            await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return units
+
+    named = by_name(asyncio.run(main()))
+    states = {k: named[k].state for k in ("get", "put", "lock", "sem", "cond", "read")}
+    assert states == {
+        "get": "chan receive", "put": "chan send", "lock": "sync.Mutex.Lock",
+        "sem": "semacquire", "cond": "sync.Cond.Wait", "read": "IO wait",
+    }
+    assert named["get"].funcs[0] == "asyncio.queues.Queue.get"
+
+
 def test_labels_from_the_labels_module_are_used(monkeypatch: pytest.MonkeyPatch) -> None:
     """greenlet and task labels come from _labels.labels_of_greenlet / labels_of_task."""
     seen: list[str] = []

@@ -364,6 +364,19 @@ async def anyio_waiter(event: anyio.Event) -> None:
     await event.wait()
 
 
+async def sender(channel: Any) -> None:
+    await channel.send(1)
+
+
+async def semaphore_taker(sem: trio.Semaphore) -> None:
+    await sem.acquire()
+
+
+async def condition_waiter(cond: trio.Condition) -> None:
+    async with cond:
+        await cond.wait()
+
+
 def _goroutine_dumps(in_task: bool) -> tuple[str, bytes]:
     """Debug=2 text and the proto, from the trio thread or (``in_task=False``) another thread."""
     out: dict[str, Any] = {}
@@ -380,7 +393,11 @@ def _goroutine_dumps(in_task: bool) -> tuple[str, bytes]:
         await lock.acquire()
         a, b = trio.socket.socketpair()
         event = anyio.Event()
+        to_nobody, _from_nobody = trio.open_memory_channel[int](0)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender, to_nobody, name="sender")
+            nursery.start_soon(semaphore_taker, trio.Semaphore(0), name="semaphore")
+            nursery.start_soon(condition_waiter, trio.Condition(), name="condition")
             with pyproperf.labeled("job", "sleepy"):
                 nursery.start_soon(sleeper, name="sleeper")
             nursery.start_soon(receiver, receive, name="receiver")
@@ -415,6 +432,11 @@ def test_goroutine_lists_trio_and_anyio_tasks(in_task: bool, tmp_path: Path) -> 
         "locker": ("sync.Mutex.Lock", f"{MOD}.locker", ""),
         "reader": ("IO wait", f"{MOD}.reader", ""),
         "anyio-waiter": ("chan receive", f"{MOD}.anyio_waiter", '{job: anyio}'),
+        "sender": ("chan send", f"{MOD}.sender", ""),
+        "semaphore": ("semacquire", f"{MOD}.semaphore_taker", ""),
+        "condition": ("sync.Cond.Wait", f"{MOD}.condition_waiter", ""),
+        # The task that opened the nursery and waits for its children (trio's init task).
+        "<init>": ("sync.WaitGroup.Wait", "trio._core._run.Runner.init", ""),
     }
     for name, (state, func, labels) in expected.items():
         assert name in units, (name, sorted(units))

@@ -11,11 +11,13 @@ shows medians over rounds.  "profiled" rounds run the same loops while a
 from __future__ import annotations
 
 import contextvars
+import functools
 import io
 import statistics
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 import pyproperf
 from pyproperf import _labels
@@ -263,6 +265,78 @@ def _gevent_rows(n: int, rounds: int) -> list[str]:
     return rows
 
 
+def _loop_rows(n: int, rounds: int) -> list[str]:
+    """Per task created, and per task step, on each loop: tasks created in a region vs outside.
+
+    A labelled task costs its loop's hook once, at creation (its root frame
+    registered, dropped at its end); its steps cost nothing more.
+    """
+    import asyncio
+
+    import trio
+    import uvloop
+
+    async def empty() -> None:
+        return None
+
+    async def stepper(k: int, sleep: Callable[[float], Any]) -> None:
+        for _ in range(k):
+            await sleep(0)
+
+    def on_asyncio(run: Callable[[Any], Any], make: Callable[[], Any], tasks: int) -> float:
+        async def main() -> float:
+            loop = asyncio.get_running_loop()
+            t0 = time.perf_counter_ns()
+            made = [loop.create_task(make()) for _ in range(tasks)]
+            await asyncio.gather(*made)
+            return time.perf_counter_ns() - t0
+
+        return float(run(main()))
+
+    def on_trio(make: Callable[[], Any], tasks: int) -> float:
+        async def main() -> float:
+            t0 = time.perf_counter_ns()
+            async with trio.open_nursery() as nursery:
+                for _ in range(tasks):
+                    nursery.start_soon(make)
+            return time.perf_counter_ns() - t0
+
+        return float(trio.run(main))
+
+    runners: dict[str, Callable[[Callable[[], Any], int], float]] = {
+        "asyncio": lambda make, t: on_asyncio(asyncio.run, make, t),
+        "uvloop": lambda make, t: on_asyncio(uvloop.run, make, t),
+        "trio": on_trio,
+    }
+    steps = 20
+    rows = []
+    for loop_name, run in runners.items():
+        sleep: Callable[[float], Any] = trio.sleep if loop_name == "trio" else asyncio.sleep
+        cases = (
+            ("task created and run to its end", empty, n // 10, n // 10),
+            (f"task step (await sleep(0), {steps} a task)",
+             functools.partial(stepper, steps, sleep), n // 100, n // 100 * steps),
+        )
+        for title, make, tasks, ops in cases:
+            base: list[float] = []
+            lab: list[float] = []
+            for i in range(rounds):
+                for labelled in (i % 2 == 0, i % 2 != 0):
+                    if labelled:
+                        with pyproperf.labeled("request", "r"):
+                            lab.append(run(make, tasks) / ops)
+                    else:
+                        base.append(run(make, tasks) / ops)
+            assert not _labels.frame_labels
+            ratios = [a / b for a, b in zip(lab, base, strict=True)]
+            rows.append(
+                f"| {loop_name}: {title}, created in a region vs outside | off "
+                f"| {statistics.median(base):.0f} | {statistics.median(lab):.0f} "
+                f"| {statistics.median(ratios):.2f}x |"
+            )
+    return rows
+
+
 def main(quick: bool) -> None:
     n = 2_000 if quick else 20_000
     rounds = 5 if quick else 31
@@ -273,6 +347,8 @@ def main(quick: bool) -> None:
     for row in _switch_rows(n, 5 if quick else 15):
         print(row, flush=True)
     for row in _gevent_rows(n // 2, 5 if quick else 15):
+        print(row, flush=True)
+    for row in _loop_rows(n, 5 if quick else 15):
         print(row, flush=True)
     out = io.BytesIO()
     try:
