@@ -31,8 +31,11 @@ import pytest
 
 import pyproperf
 import pyproperf.http
-from pyproperf import _builder, _http_core, _http_server, _http_wait, _registry
+from pyproperf import _builder, _registry
 from pyproperf._builder import Frame, ProfileBuilder
+from pyproperf.http import _core as _http_core
+from pyproperf.http import _server as _http_server
+from pyproperf.http import _wait as _http_wait
 from tests.pprof_tool import check_valid, load, pprof, stacks
 
 Reply = tuple[int, dict[str, str], bytes]
@@ -1176,7 +1179,7 @@ def test_import_is_light() -> None:
     code = (
         "import sys, pyproperf; assert 'http.server' not in sys.modules; "
         "assert 'pyproperf.http' not in sys.modules; import pyproperf.http; "
-        "assert 'pyproperf._http_asgi' not in sys.modules"
+        "assert 'pyproperf.http._asgi' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

@@ -22,7 +22,8 @@ LAYERS: dict[int, set[str]] = {
     4: {"_sampler", "_sigprof", "_helper", "_estimate", "_cpu", "_goroutine", "_heap",
         "_contention", "_contention_hooks"},  # sources
     5: {"_registry", "_top"},  # profiles as objects, reports
-    6: {"http", "__main__", "__init__", "_cli_run"},  # outputs and the public API
+    # outputs and the public API; the http package's private modules (http._core...) too
+    6: {"http", "__main__", "__init__", "_cli_run"},
 }
 
 
@@ -30,7 +31,7 @@ def layer_of(module: str) -> int:
     for layer, names in LAYERS.items():
         if module in names:
             return layer
-    if module.startswith("_http"):
+    if module.startswith("http."):
         return 6
     if module.startswith(("_contention", "_heap", "_goroutine")):
         return 4
@@ -39,16 +40,22 @@ def layer_of(module: str) -> int:
 
 def imports_of(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
+    # The package a relative import starts from: pyproperf, or pyproperf.http for its modules.
+    package = ["pyproperf", *path.parent.relative_to(PACKAGE).parts]
     out: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
+        elif isinstance(node, ast.ImportFrom):
             if node.level:
-                out.add("pyproperf." + node.module)
+                base = ".".join(package[: len(package) - node.level + 1])
+                module = f"{base}.{node.module}" if node.module else base
+            elif node.module:
+                module = node.module
             else:
-                out.add(node.module)
-                out.update(f"{node.module}.{alias.name}" for alias in node.names)
+                continue
+            out.add(module)
+            out.update(f"{module}.{alias.name}" for alias in node.names)
     return out
 
 
@@ -77,6 +84,30 @@ def test_imports_point_one_way() -> None:
             )
 
 
+def test_modules_are_found_in_subpackages() -> None:
+    mods = modules()
+    for name in ("__init__", "_pb", "http", "http._core", "http._server", "http._asgi",
+                 "http._wait", "http._signals"):
+        assert name in mods, name
+    for name in mods:
+        layer_of(name)  # every module, in subpackages too, is placed
+
+
+def test_http_modules_need_only_their_siblings() -> None:
+    """pyproperf.http's private modules take modules, not names, from the package: importing
+    one first runs ``http/__init__``, which imports them back, so a name would be a cycle."""
+    mods = modules()
+    for name, path in mods.items():
+        if not name.startswith("http."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "pyproperf.http":
+                for alias in node.names:
+                    assert f"http.{alias.name}" in mods, (
+                        f"pyproperf.{name} imports {alias.name} from pyproperf.http"
+                    )
+
+
 def test_protobuf_only_in_the_builder() -> None:
     for name, path in modules().items():
         if name in ("_builder", "_pb", "_pb.profile_pb2"):
@@ -88,12 +119,14 @@ def test_import_is_light() -> None:
     code = (
         "import sys, pyproperf; "
         "heavy = [m for m in ('asyncio', 'greenlet', 'gevent', 'http.server', "
-        "'google.protobuf', 'tracemalloc_extras') if m in sys.modules]; print(heavy)"
+        "'google.protobuf', 'tracemalloc_extras') if m in sys.modules]; "
+        "heavy += [m for m in sys.modules if m.startswith('pyproperf.http')]; print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     heavy = eval(out.stdout)
     assert "asyncio" not in heavy and "greenlet" not in heavy and "http.server" not in heavy
     assert "gevent" not in heavy
+    assert not [m for m in heavy if m.startswith("pyproperf.http")], heavy
 
 
 def test_public_api_matches_go() -> None:

@@ -19,7 +19,7 @@ import statistics
 import time
 
 import pyproperf.http
-from pyproperf import _http_core
+from pyproperf.http import _core as _http_core
 
 ENDPOINTS = [
     "/debug/pprof/",

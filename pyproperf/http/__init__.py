@@ -34,14 +34,15 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from pyproperf import _http_core, _http_wait, _own
-from pyproperf._http_core import DEFAULT_MAX_SECONDS, PREFIX, Response
-from pyproperf._http_server import Server, serve
+from pyproperf import _own
+from pyproperf.http import _core, _wait
+from pyproperf.http._core import DEFAULT_MAX_SECONDS, PREFIX, Response
+from pyproperf.http._server import Server, serve
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-    from pyproperf._http_asgi import ASGIApp, ASGIApplication, Receive, Scope, Send
+    from pyproperf.http._asgi import ASGIApp, ASGIApplication, Receive, Scope, Send
 
 __all__ = [
     "DEFAULT_MAX_SECONDS",
@@ -85,8 +86,8 @@ class WSGIApp:
         if app is not None and not callable(app):
             raise TypeError(f"app must be a WSGI application, not {type(app).__name__}")
         self.app = app
-        self.prefix = _http_core.check_prefix(prefix)
-        self.max_seconds = _http_core.check_max_seconds(max_seconds)
+        self.prefix = _core.check_prefix(prefix)
+        self.max_seconds = _core.check_max_seconds(max_seconds)
         #: Set to end waiting ``/profile`` and delta requests early.
         self.stopping = threading.Event()
 
@@ -100,7 +101,7 @@ class WSGIApp:
         method = str(environ.get("REQUEST_METHOD", "GET")).upper()
         mount = str(environ.get("SCRIPT_NAME", "") or "")
         try:
-            routed = _http_core.route(
+            routed = _core.route(
                 method,
                 path,
                 str(environ.get("QUERY_STRING", "") or ""),
@@ -111,12 +112,12 @@ class WSGIApp:
             if isinstance(routed, Response):
                 result = routed
             else:
-                done = _http_wait.run_job(routed, _http_wait.find_socket(environ), self.stopping)
+                done = _wait.run_job(routed, _wait.find_socket(environ), self.stopping)
                 # None: the client left; WSGI must still answer (nobody reads it).
-                result = done or _http_core.error(500, "context canceled")
+                result = done or _core.error(500, "context canceled")
         except Exception:
-            _http_core.log.exception("pyproperf.http: internal error")
-            result = _http_core.error(500, "internal error")
+            _core.log.exception("pyproperf.http: internal error")
+            result = _core.error(500, "internal error")
         status = f"{result.status} {_REASONS.get(result.status, 'Error')}"
         headers = [*result.headers, ("Content-Length", str(len(result.body)))]
         start_response(status, headers)
@@ -156,7 +157,7 @@ def make_asgi_app(
     SIGTERM when the event loop runs on the main thread (uvicorn, for one,
     sends ``lifespan.shutdown`` only once its requests have finished).
     """
-    from pyproperf._http_asgi import ASGIApp  # imports asyncio: only when used
+    from pyproperf.http._asgi import ASGIApp  # imports asyncio: only when used
 
     return ASGIApp(app, prefix=prefix, max_seconds=max_seconds)
 

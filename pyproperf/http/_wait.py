@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Literal
 
-from pyproperf._http_core import Job, Response
+from pyproperf.http._core import Job, Response
 
 __all__ = ["Outcome", "find_socket", "run_job", "wait"]
 

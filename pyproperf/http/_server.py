@@ -35,8 +35,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from pyproperf import _hooks, _http_core, _http_wait
-from pyproperf._http_core import Response
+from pyproperf import _hooks
+from pyproperf.http import _core, _wait
+from pyproperf.http._core import Response
 
 __all__ = ["Server", "parse_address", "serve"]
 
@@ -127,15 +128,13 @@ class _Handler(BaseHTTPRequestHandler):
         raw = urllib.parse.unquote_to_bytes(raw_path.encode("latin-1", "replace"))
         path = raw.decode("utf-8", "replace")
         try:
-            routed = _http_core.route(
-                self.command, path, query, max_seconds=self.server.max_seconds
-            )
+            routed = _core.route(self.command, path, query, max_seconds=self.server.max_seconds)
             result: Response | None = routed if isinstance(routed, Response) else None
             if not isinstance(routed, Response):
-                result = _http_wait.run_job(routed, self.connection, self.server.stopping)
+                result = _wait.run_job(routed, self.connection, self.server.stopping)
         except Exception:
             log.exception("pyproperf.http: internal error")
-            result = _http_core.error(500, "internal error")
+            result = _core.error(500, "internal error")
         if result is None:  # the client left
             self.close_connection = True
             return
@@ -159,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
         phrase = self.responses.get(code, ("Error",))[0]
         with contextlib.suppress(OSError):
             body = f"{code} {phrase}\n".encode()
-            self._write(Response(code, [("Content-Type", _http_core.PLAIN)], body))
+            self._write(Response(code, [("Content-Type", _core.PLAIN)], body))
 
     def log_message(self, format: str, *args: Any) -> None:
         """Requests are not logged: paths and queries stay out of logs."""
@@ -271,7 +270,7 @@ class Server:
         self.port: int = sockname[1]
         netloc = f"[{self.host}]" if ":" in self.host else self.host
         #: The index page, e.g. ``http://127.0.0.1:6060/debug/pprof/``.
-        self.url: str = f"http://{netloc}:{self.port}{_http_core.PREFIX}"
+        self.url: str = f"http://{netloc}:{self.port}{_core.PREFIX}"
         self._thread = threading.Thread(
             target=httpd.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -375,7 +374,7 @@ def _warn_exposed(server: Server, where: str) -> None:
 def serve(
     address: str = "127.0.0.1:6060",
     *,
-    max_seconds: int = _http_core.DEFAULT_MAX_SECONDS,
+    max_seconds: int = _core.DEFAULT_MAX_SECONDS,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> Server:
     """Serve Go's /debug/pprof/ endpoints on ``address`` from a daemon thread.
@@ -399,7 +398,7 @@ def serve(
     habit.
     """
     host, port = parse_address(address)
-    _http_core.check_max_seconds(max_seconds)
+    _core.check_max_seconds(max_seconds)
     if (
         not isinstance(max_connections, int)
         or isinstance(max_connections, bool)

@@ -7,7 +7,7 @@ profile sees the loop's tasks from there.  While a ``/profile`` or delta
 request waits, ``receive()`` is watched for ``http.disconnect``: a client
 that leaves cancels the job.  A server shutting down ends the wait early,
 and the job answers with what it collected: the ``lifespan.shutdown``
-event does so, and SIGINT or SIGTERM (``_http_signals``) where the loop
+event does so, and SIGINT or SIGTERM (``_signals``) where the loop
 runs on the main thread -- uvicorn sends ``lifespan.shutdown`` only after
 its requests have finished, however long they take.
 """
@@ -19,8 +19,9 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from pyproperf import _http_core, _http_signals, _own
-from pyproperf._http_core import Job, Response
+from pyproperf import _own
+from pyproperf.http import _core, _signals
+from pyproperf.http._core import Job, Response
 
 __all__ = ["ASGIApp"]
 
@@ -49,14 +50,14 @@ class ASGIApp:
         self,
         app: ASGIApplication | None = None,
         *,
-        prefix: str = _http_core.PREFIX,
-        max_seconds: int = _http_core.DEFAULT_MAX_SECONDS,
+        prefix: str = _core.PREFIX,
+        max_seconds: int = _core.DEFAULT_MAX_SECONDS,
     ) -> None:
         if app is not None and not callable(app):
             raise TypeError(f"app must be an ASGI application, not {type(app).__name__}")
         self.app = app
-        self.prefix = _http_core.check_prefix(prefix)
-        self.max_seconds = _http_core.check_max_seconds(max_seconds)
+        self.prefix = _core.check_prefix(prefix)
+        self.max_seconds = _core.check_max_seconds(max_seconds)
         # How to end each wait in flight, on the loop's thread.
         self._ends: set[Callable[[], None]] = set()
 
@@ -92,7 +93,7 @@ class ASGIApp:
         method: str = scope.get("method", "GET")
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
         try:
-            routed = _http_core.route(
+            routed = _core.route(
                 method,
                 path,
                 query,
@@ -105,7 +106,7 @@ class ASGIApp:
                 result = await self._run_job(routed, receive)
         except Exception:
             log.exception("pyproperf.http: internal error")
-            result = _http_core.error(500, "internal error")
+            result = _core.error(500, "internal error")
         if result is None:  # the client left
             return
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in result.headers]
@@ -133,7 +134,7 @@ class ASGIApp:
             loop.call_soon_threadsafe(end)
 
         self._ends.add(end)
-        release = _http_signals.hold(end_from_signal)
+        release = _signals.hold(end_from_signal)
         try:
             sleep = asyncio.ensure_future(asyncio.sleep(job.seconds))
             gone = asyncio.ensure_future(_disconnected(receive))
