@@ -27,9 +27,13 @@ __all__ = [
 
 
 class BinaryWriter(Protocol):
-    """What Go calls an io.Writer: anything with ``write(bytes)``."""
+    """What Go calls an io.Writer: anything with ``write(bytes)``.
 
-    def write(self, data: bytes | memoryview, /) -> Any: ...
+    It is only ever given ``bytes`` (Go's ``Write`` gets a ``[]byte``), so a
+    writer may test ``isinstance(data, bytes)`` or call ``data.decode()``.
+    """
+
+    def write(self, data: bytes, /) -> Any: ...
 
 
 def check_writer(w: object, what: str = "w") -> BinaryWriter:
@@ -62,16 +66,32 @@ def check_writer(w: object, what: str = "w") -> BinaryWriter:
     return w  # type: ignore[return-value]
 
 
+# After a short write the rest goes in pieces of at most this many bytes: each
+# piece is a copy (a writer gets ``bytes``, never a view), and bounded pieces
+# keep the copying linear however little a raw file takes at a time.
+_PIECE = 1 << 20
+
+
 def write_all(w: BinaryWriter, data: bytes) -> None:
-    """Write all of ``data`` to ``w`` (raw files may take it in parts), then flush."""
-    view = memoryview(data)
-    while view:
-        n = w.write(view)
-        if n is None or n >= len(view):  # buffered streams take everything
-            break
-        if n <= 0:
+    """Write all of ``data`` to ``w`` (raw files may take it in parts), then flush.
+
+    Every call of ``w.write`` gets ``bytes``: the whole of ``data`` first,
+    then, if the writer took only part, the rest in pieces.
+    """
+    if type(data) is not bytes:
+        data = bytes(data)
+    total = len(data)
+    done = 0
+    piece = data
+    while piece:
+        n = w.write(piece)
+        if n is None or n >= len(piece):  # buffered streams take everything
+            done += len(piece)
+        elif n <= 0:
             raise OSError("write made no progress")
-        view = view[n:]
+        else:
+            done += n
+        piece = data[done : done + _PIECE] if done < total else b""
     flush = getattr(w, "flush", None)
     if callable(flush):
         flush()

@@ -111,6 +111,16 @@ def start(fn: Callable[..., Any], *args: Any) -> threading.Thread:
     return t
 
 
+def until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``cond`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
 # -- ground truth: two threads on one lock ----------------------------------------------------
 
 
@@ -907,7 +917,8 @@ def test_fork_drops_waiters_of_vanished_threads() -> None:
     lock = threading.Lock()
     lock.acquire()
     waiter = start(lambda: (lock.acquire(), lock.release()))
-    time.sleep(0.05)  # the waiter is registered and blocked
+    # Fork only once the waiter is registered (and so blocked): that is the case under test.
+    assert until(lambda: bool(lock._waiters)), "the waiter never blocked"  # type: ignore[attr-defined]
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         code = 1
@@ -924,12 +935,92 @@ def test_fork_drops_waiters_of_vanished_threads() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_profiler_waits_are_not_recorded(tmp_path: Path) -> None:
+def program_section(lock: Any, gate: Any) -> None:
+    """The program's counterpart of ``heap_profile.__exit__``: it holds its lock through a stall."""
+    with lock:
+        gate.acquire()
+        gate.release()
+
+
+def profiler_section(hp: pyproperf.heap_profile) -> None:
+    with hp:
+        pass
+
+
+def contend(section: Callable[..., None], args: tuple[Any, ...], lock: Any, gate: Any,
+            stalled: Callable[[], bool]) -> None:
+    """Two threads run ``section(*args)``: the first stalls holding ``lock``, the second waits.
+
+    The first stalls on ``gate``, a real lock held here (waiting on it records nothing) until
+    the second is a registered waiter of ``lock``; so the contention events are exactly the
+    second's wait for ``lock`` and the first's release of it to the second.
+    """
+    gate.acquire()
+    threads = []
+    try:
+        threads.append(start(section, *args))
+        assert until(stalled), "the first thread never stalled holding the lock"
+        assert lock.locked()
+        threads.append(start(section, *args))
+        assert until(lambda: bool(lock._waiters)), "the second thread never waited for the lock"
+    finally:
+        gate.release()
+        for t in threads:
+            t.join(10)
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_profiler_waits_are_not_recorded() -> None:
+    """Waits in pyproperf's code are left out; the same waits in the program's are recorded.
+
+    A ``heap_profile`` made while the profiles are on has an instrumented lock, and holds it
+    while it writes (``__exit__``).  With a writer that stalls, a second thread entering the
+    section waits for that lock in ``heap_profile.__enter__``, and the first releases it to
+    that waiter in ``__exit__``: a block and a mutex event, both in the profiler's code.  The
+    positive control is the program doing the same with its own lock of the same kind: there
+    both events are recorded, so an empty profile cannot pass.  A CPU profile runs
+    throughout: its own waits, if any, must not show up either.
+    """
     enable()
     pyproperf.start_cpu_profile(io.BytesIO())
-    time.sleep(0.05)
-    pyproperf.stop_cpu_profile()
-    # The fixture checks that no record starts in pyproperf's own code.
+    try:
+        # The program's own: recorded.
+        lock: Any = threading.Lock()
+        assert type(lock) is _contention_locks.Lock
+        gate = _thread.allocate_lock()
+        contend(program_section, (lock, gate), lock, gate, lock.locked)
+
+        # The profiler's own: not recorded.
+        gate = _thread.allocate_lock()
+        written: list[bytes] = []
+
+        class StallingWriter:
+            def write(self, data: bytes) -> int:
+                if data:
+                    written.append(data)
+                    gate.acquire()  # held by contend(): the section keeps its lock meanwhile
+                    gate.release()
+                return len(data)
+
+        hp = pyproperf.heap_profile(StallingWriter())
+        hp_lock: Any = hp._lock
+        assert type(hp_lock) is _contention_locks.Lock, (
+            "heap_profile's lock is no longer instrumented: find another wait of the "
+            "profiler's for this test"
+        )
+        contend(profiler_section, (hp,), hp_lock, gate, lambda: bool(written))
+        assert len(written) == 2  # each section wrote its profile
+    finally:
+        pyproperf.stop_cpu_profile()
+
+    for name in ("block", "mutex"):
+        p = load(_contention.render(name, 0))
+        # Positive control: the program's wait and its release, once each, at its function.
+        assert leaf(name, "program_section")[0] == 1, stacks(p)
+        assert leaf(name, "program_section")[1] > 0
+        # The profiler's: nothing under profiler_section, nothing starting in pyproperf.
+        assert not [names for names, _, _ in stacks(p) if f"{M}.profiler_section" in names]
+        assert not [names for names, _, _ in stacks(p) if names[0].startswith("pyproperf.")]
 
 
 def test_asyncio_import_after_enabling() -> None:

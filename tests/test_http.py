@@ -764,19 +764,41 @@ def test_delta_profile_over_server(server: pyproperf.http.Server, name: str) -> 
     assert t0 + 0.9e9 <= p.time_nanos <= time.time_ns()
 
 
-def test_goroutine_delta_shows_new_thread(server: pyproperf.http.Server) -> None:
-    """A thread started during the delta window is the delta (+1); the rest cancels out."""
+def test_goroutine_delta_shows_new_thread(
+    server: pyproperf.http.Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread started during the delta window is the delta (+1); the rest cancels out.
+
+    The window is known, not guessed: the server's two snapshots go through ``_collect``,
+    wrapped here so that the probe starts once the first is taken and the second is taken
+    only once the probe runs.
+    """
     stop = threading.Event()
+    first_taken = threading.Event()
+    probe_running = threading.Event()
     holder: list[threading.Thread] = []
+    snapshots: list[str] = []
+    real_collect = _http_core._collect
+
+    def collect(name: str) -> tuple[bytes, int]:
+        if snapshots:  # the second snapshot: once the probe runs (else the check below fails)
+            probe_running.wait(30)
+        out = real_collect(name)
+        snapshots.append(name)
+        first_taken.set()
+        return out
+
+    monkeypatch.setattr(_http_core, "_collect", collect)
 
     def started_during_delta_window() -> None:
+        probe_running.set()
         stop.wait()
 
     def starter() -> None:
-        time.sleep(0.4)
-        t = threading.Thread(target=started_during_delta_window, name="delta-probe")
-        t.start()
-        holder.append(t)
+        if first_taken.wait(30):
+            t = threading.Thread(target=started_during_delta_window, name="delta-probe")
+            t.start()
+            holder.append(t)
         stop.wait()
 
     first = threading.Thread(target=starter)
@@ -789,6 +811,7 @@ def test_goroutine_delta_shows_new_thread(server: pyproperf.http.Server) -> None
         for t in holder:
             t.join()
     assert status == 200
+    assert snapshots == ["goroutine", "goroutine"]
     samples = stacks(load(body))
     assert sum(v[0] for _, v, _ in samples) == 1, samples
     probe = [v for names, v, _ in samples if any("started_during_delta_window" in f for f in names)]
