@@ -917,11 +917,11 @@ def with_tracer(fn: Any) -> Any:
     """
 
     def run() -> Any:
-        assert _labels._ensure_tracer(force=True)
+        assert _labels.ensure_tracer(force=True)
         try:
             return fn()
         finally:
-            _labels._remove_tracer()
+            _labels.remove_tracer()
 
     return in_thread(run)
 
@@ -1106,7 +1106,7 @@ def test_threads_running_greenlets_publish_per_greenlet() -> None:
     """A labelled thread's other greenlets show their own labels, not the thread's."""
 
     def body() -> Any:
-        assert _labels._ensure_tracer(force=True)
+        assert _labels.ensure_tracer(force=True)
         ident = threading.get_ident()
         out: list[Any] = []
 
@@ -1126,7 +1126,7 @@ def test_threads_running_greenlets_publish_per_greenlet() -> None:
             pass
         pyproperf.set_goroutine_labels(LabelContext())
         unlabelled.switch()
-        _labels._remove_tracer()
+        _labels.remove_tracer()
         return out
 
     with pyproperf.labeled("t", "thread"):
@@ -1224,9 +1224,9 @@ def test_gevent_monkey_patched_threads_inherit() -> None:
         from gevent import monkey; monkey.patch_all()
         import sys, threading
         import pyproperf
-        from pyproperf import _stacks, _labels
+        from pyproperf import _hooks, _stacks, _labels
         def view(out):
-            ls = _stacks.capture(sys._getframe(1), _labels._get_ident())[1]
+            ls = _stacks.capture(sys._getframe(1), _hooks.real_get_ident())[1]
             out.append((pyproperf.label(None, "k")[0], dict(ls) if ls else {}))
         out = []
         with pyproperf.labeled("k", "v"):
@@ -1235,7 +1235,7 @@ def test_gevent_monkey_patched_threads_inherit() -> None:
         t.join(); u.join()
         view(out)
         print(out)
-        print(dict(_labels._unit_labels))
+        print(dict(_labels.unit_labels_by_thread))
         """
     )
     lines = out.splitlines()
@@ -1359,3 +1359,48 @@ def test_cpu_per_label_matches_ground_truth(run: Any, tmp_path: Any) -> None:
     if errors:  # Go's habit: once more with twice the duration before failing
         errors = _ground_truth_errors(run, 2.0, tmp_path)
     assert not errors, errors
+
+
+def test_inlined_region_entry_matches_the_shared_one() -> None:
+    """``labeled.__enter__``/``__exit__`` inline ``_region._enter``/``_leave``: same results."""
+    import contextlib
+
+    from pyproperf._labels import _region
+
+    add = pyproperf.labels("k", "inner")
+
+    def observe(use_with: bool, outer: LabelSet | None, outer_here: bool) -> list[Any]:
+        seen: list[Any] = []
+
+        def inside(frame: FrameType) -> None:
+            seen.append((_labels.label(None, "k"), _labels.label(None, "o")))
+            seen.append(_labels.frame_labels.get(frame))
+
+        def region() -> None:
+            frame = sys._getframe()
+            around: Any = pyproperf.labeled(outer) if outer_here else contextlib.nullcontext()
+            with around:  # a region around it in the same frame
+                if use_with:
+                    with pyproperf.labeled(add):
+                        inside(frame)
+                else:
+                    entry = _region._enter(add, frame)
+                    try:
+                        inside(frame)
+                    finally:
+                        _region._leave(entry)
+                seen.append(_labels.frame_labels.get(frame))  # the outer entry, back
+            seen.append((_labels.label(None, "k"), frame in _labels.frame_labels))
+
+        if outer is not None and not outer_here:
+            pyproperf.do(None, outer, lambda ctx: region())
+        else:
+            region()
+        return seen
+
+    outer = pyproperf.labels("k", "outer", "o", "1")
+    for case in ((None, False), (outer, False), (outer, True)):
+        got = observe(True, *case)
+        assert got == observe(False, *case), case
+        assert got[0][0] == ("inner", True) and got[1] is not None  # positive control
+    assert not _labels.frame_labels

@@ -17,7 +17,7 @@ LAYERS: dict[int, set[str]] = {
     0: {"_pb", "_pb.profile_pb2"},  # generated schema code
     1: {"_builder", "_io", "_read", "_text", "_hooks", "_own"},  # model, encoding, reading; hooks
     # what is active where
-    2: {"_labels", "_labels_state", "_labels_region", "_labels_inherit", "_labels_tasks"},
+    2: {"_labels", "_labels._state", "_labels._region", "_labels._inherit", "_labels._tasks"},
     3: {"_stacks"},  # frames -> stack keys
     4: {"_sampler", "_sigprof", "_helper", "_estimate", "_cpu", "_goroutine", "_heap",
         "_contention", "_contention_hooks"},  # sources

@@ -1,6 +1,6 @@
 """Profiler labels: Go's label API, and which labels are active where.
 
-The active label set of the running code lives in a ContextVar (``_current``):
+The active label set of the running code lives in a ContextVar (``current``):
 asyncio tasks inherit it through their context copy, and ``label(None, k)``
 reads it.  The sampler runs in a signal handler or another thread and
 cannot read that ContextVar, so the active labels are also published
@@ -20,18 +20,27 @@ entry equals the ContextVar (``EMPTY`` standing for None).  Every write
 keeps it, which is what lets ``set_goroutine_labels`` work by rewriting the
 innermost registered frame.
 
-The package is split by job; this module is the one the rest of pyproperf
-imports, and re-exports the others' names:
+The main thread's samples are taken by a signal handler, which runs in the
+context of the code it interrupted: where no frame says, it reads the
+ContextVar itself (``context_labels``).
 
-* ``_labels_state``: ``LabelSet``, ``LabelContext``, ``labels()``, the merge,
-  and the stores above (the ContextVar, ``frame_labels``, the unit table);
-* ``_labels_region``: ``labeled``, the region context manager and decorator;
-* ``_labels_inherit``: inheritance, as with ``go`` statements: hooks
-  installed the first time a label set is made, or when the module
-  concerned is imported later (``threading.Thread``, ``concurrent.futures``
-  executors, asyncio's ``BaseEventLoop.create_task``, gevent's spawn
-  callbacks, a greenlet switch tracer in programs without gevent).
-  ``import pyproperf`` imports none of those modules;
+The package is split by job, one way (``_state`` <- ``_region`` <- ``_tasks``
+<- ``_inherit`` <- here); this module is the one the rest of pyproperf
+imports.  The modules share public names; nothing reaches into another's
+underscore names:
+
+* ``_state``: ``LabelSet``, ``LabelContext``, ``labels()``, the merge,
+  and the stores above (the ContextVar, ``frame_labels``, the unit table),
+  and the one-shot installer of the inheritance hooks (``when_first_set``);
+* ``_region``: ``labeled``, the region context manager and decorator, and
+  ``Bound``, a function bound to labels for work run elsewhere;
+* ``_tasks``: inheritance into event-loop tasks (asyncio, uvloop, trio,
+  anyio) and the worker threads of trio and anyio;
+* ``_inherit``: inheritance into threads, ``concurrent.futures`` executors,
+  gevent greenlets and plain greenlets (a switch tracer in programs without
+  gevent); installs every hook the first time a label set is made, or when
+  the module concerned is imported later.  ``import pyproperf`` imports
+  none of those modules;
 * here: the rest of Go's API (``with_labels``, ``label``, ``for_labels``,
   ``do``, ``set_goroutine_labels``) and the per-unit lookups the sampler
   and the goroutine profile use.
@@ -46,29 +55,25 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar
 
-from pyproperf import _hooks, _labels_state, _own
-from pyproperf._labels_inherit import _LABELS_ATTR
-
-# Internals that tests and benchmarks reach through this module (explicit re-exports).
-from pyproperf._labels_inherit import _ensure_tracer as _ensure_tracer  # noqa: PLC0414
-from pyproperf._labels_inherit import _get_ident as _get_ident  # noqa: PLC0414
-from pyproperf._labels_inherit import _remove_tracer as _remove_tracer  # noqa: PLC0414
-from pyproperf._labels_region import labeled
-from pyproperf._labels_state import (
+from pyproperf import _hooks, _own
+from pyproperf._labels import _state
+from pyproperf._labels._inherit import LABELS_ATTR, ensure_tracer, remove_tracer
+from pyproperf._labels._region import labeled
+from pyproperf._labels._state import (
     EMPTY,
     LabelContext,
     LabelSet,
-    _check_set,
-    _context_of,
-    _current,
-    _get,
-    _getframe,
-    _labels_of_ctx,
-    _merge,
-    _set,
+    check_set,
+    context_of,
+    current,
+    current_get,
+    current_set,
+    getframe,
     labels,
+    labels_of_ctx,
+    merge,
 )
-from pyproperf._labels_tasks import coro_frame, forget_with_task, running_task, task_root
+from pyproperf._labels._tasks import coro_frame, forget_with_task, running_task, task_root
 
 __all__ = [
     "EMPTY",
@@ -76,6 +81,7 @@ __all__ = [
     "LabelSet",
     "context_labels",
     "do",
+    "ensure_tracer",
     "for_labels",
     "frame_labels",
     "label",
@@ -83,14 +89,15 @@ __all__ = [
     "labels",
     "labels_of_greenlet",
     "labels_of_task",
+    "remove_tracer",
     "set_goroutine_labels",
     "unit_labels",
     "with_labels",
 ]
 
-# Not from-imported: see _labels_state.frame_labels.
-frame_labels = _labels_state.frame_labels
-_unit_labels = _labels_state._unit_labels
+# Not from-imported: see _state.frame_labels.
+frame_labels = _state.frame_labels
+unit_labels_by_thread = _state.unit_labels_by_thread
 
 
 _T = TypeVar("_T")
@@ -105,9 +112,9 @@ def with_labels(ctx: LabelContext | contextvars.Context | None, labels: LabelSet
     For a key in both, the value from ``labels`` wins.  ``ctx`` is not
     changed; ``None`` means the current context.
     """
-    add = _check_set(labels)
-    base = _labels_of_ctx(ctx)
-    return _context_of(add if base is None else _merge(base, add))
+    add = check_set(labels)
+    base = labels_of_ctx(ctx)
+    return context_of(add if base is None else merge(base, add))
 
 
 def label(ctx: LabelContext | contextvars.Context | None, key: str) -> tuple[str, bool]:
@@ -117,7 +124,7 @@ def label(ctx: LabelContext | contextvars.Context | None, key: str) -> tuple[str
     """
     if not isinstance(key, str):
         raise TypeError(f"label key must be str, not {type(key).__name__}")
-    ls = _labels_of_ctx(ctx)
+    ls = labels_of_ctx(ctx)
     if ls is not None:
         for k, v in ls.pairs:
             if k == key:
@@ -135,7 +142,7 @@ def for_labels(
     """
     if not callable(f):
         raise TypeError(f"f must be callable, not {type(f).__name__}")
-    ls = _labels_of_ctx(ctx)
+    ls = labels_of_ctx(ctx)
     if ls is None:
         return
     for k, v in ls.pairs:
@@ -159,20 +166,20 @@ def do(
     called, not awaited: for coroutines use ``labeled``.
     """
     if type(labels) is not LabelSet:
-        _check_set(labels)
-    old = _get()
-    base = old if ctx is None else _labels_of_ctx(ctx)
-    new = labels if base is None else _merge(base, labels)
-    frame = _getframe()
+        check_set(labels)
+    old = current_get()
+    base = old if ctx is None else labels_of_ctx(ctx)
+    new = labels if base is None else merge(base, labels)
+    frame = getframe()
     frame_labels[frame] = new
-    _set(new)
+    current_set(new)
     try:
-        return f(_context_of(new))
+        return f(context_of(new))
     finally:
         frame_labels.pop(frame, None)
-        _set(base)
+        current_set(base)
         if base is not old:
-            _publish(base, _getframe(1))
+            _publish(base, getframe(1))
 
 
 def set_goroutine_labels(ctx: LabelContext | contextvars.Context | None = None) -> None:
@@ -183,12 +190,10 @@ def set_goroutine_labels(ctx: LabelContext | contextvars.Context | None = None) 
     region or ``do`` call ends (which restores what was there before it),
     or for the unit's whole life when there is none.
     """
-    new = _labels_of_ctx(ctx)
-    activate = _labels_state._on_first_set
-    if activate is not None:  # no label set made yet: the hooks that end registrations
-        activate()
-    _set(new)
-    _publish(new, _getframe(1))
+    new = labels_of_ctx(ctx)
+    _state.activate()  # no label set made yet: the hooks that end registrations
+    current_set(new)
+    _publish(new, getframe(1))
 
 
 # --- per-unit lookups ------------------------------------------------------------------------
@@ -198,7 +203,7 @@ def set_goroutine_labels(ctx: LabelContext | contextvars.Context | None = None) 
 # sampler's signal handler runs in the context of the code it interrupted, so
 # its samples see labels even where no hook registered a frame (a task of a loop
 # pyproperf does not hook, a callback a labelled region scheduled).
-context_labels: Callable[[], LabelSet | None] = _get
+context_labels: Callable[[], LabelSet | None] = current_get
 
 
 def unit_labels(ident: int) -> LabelSet | None:
@@ -207,7 +212,7 @@ def unit_labels(ident: int) -> LabelSet | None:
     Only plain greenlets that inherited labels at their first switch have
     some; threads, gevent greenlets and tasks carry theirs on a root frame.
     """
-    return _unit_labels.get(ident)
+    return unit_labels_by_thread.get(ident)
 
 
 def _publish(new: LabelSet | None, frame: FrameType | None) -> None:
@@ -321,7 +326,7 @@ def labels_of_greenlet(g: Any) -> LabelSet | None:
     """The labels of greenlet ``g`` (None: no label set), for the goroutine profile."""
     try:
         if g is _current_greenlet():
-            return _get()
+            return current_get()
         ctx = g.gr_context
     except (ValueError, AttributeError):  # running in another thread
         ctx = None
@@ -332,21 +337,21 @@ def labels_of_greenlet(g: Any) -> LabelSet | None:
                 return None if ls is EMPTY else ls
             frame = frame.f_back
     if ctx is not None:
-        return ctx.get(_current)  # type: ignore[no-any-return]
-    ls = getattr(g, _LABELS_ATTR, None)
+        return ctx.get(current)  # type: ignore[no-any-return]
+    ls = getattr(g, LABELS_ATTR, None)
     return ls if isinstance(ls, LabelSet) else None
 
 
 def labels_of_task(task: Any) -> LabelSet | None:
     """The labels of an asyncio or trio ``task`` (None: no label set), for the goroutine profile."""
     if task is running_task():
-        return _get()
+        return current_get()
     context = getattr(task, "context", None)  # trio
     if isinstance(context, contextvars.Context):
-        return context.get(_current)
+        return context.get(current)
     get_context = getattr(task, "get_context", None)
     if get_context is not None:  # asyncio, Python 3.12+
-        return get_context().get(_current)  # type: ignore[no-any-return]
+        return get_context().get(current)  # type: ignore[no-any-return]
     # Older Pythons: the innermost registered frame along the await chain.
     found: LabelSet | None = None
     coro: Any = task.get_coro()

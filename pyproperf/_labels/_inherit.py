@@ -6,14 +6,14 @@ way Python starts a unit of work:
 * ``threading.Thread``: the labels active at ``start()``, for the thread's life;
 * ``concurrent.futures`` executors: the labels active at ``submit()``;
 * event-loop tasks (asyncio, uvloop, trio, anyio) and the worker threads
-  of trio and anyio: see ``_labels_tasks``;
+  of trio and anyio: see ``_tasks``;
 * gevent's spawn callbacks: the labels active at ``start()``/``spawn()``;
 * a greenlet switch tracer, in programs without gevent: a fresh plain
   greenlet takes the labels of the greenlet that first switches into it.
 
 A unit that inherited labels has them registered on its root frame in
-``frame_labels`` (a plain greenlet: in ``_unit_labels`` instead).  The hooks
-go in the first time a label set is made (``_labels_state._on_first_set``),
+``frame_labels`` (a plain greenlet: in ``unit_labels_by_thread`` instead).  The hooks
+go in the first time a label set is made (``_state.when_first_set``),
 or when the module concerned is imported later (``_hooks.after_import``):
 ``import pyproperf`` imports none of these modules.
 """
@@ -28,25 +28,26 @@ from collections.abc import Callable
 from types import FrameType, ModuleType
 from typing import Any
 
-from pyproperf import _hooks, _labels_state, _labels_tasks
-from pyproperf._labels_region import bind
-from pyproperf._labels_state import (
+from pyproperf import _hooks
+from pyproperf._labels import _state, _tasks
+from pyproperf._labels._region import bind
+from pyproperf._labels._state import (
     LabelSet,
-    _current,
-    _get,
-    _getframe,
-    _set,
+    current,
+    current_get,
+    current_set,
+    getframe,
 )
 
 __all__: list[str] = []
 
-# Not from-imported: see _labels_state.frame_labels.
-frame_labels = _labels_state.frame_labels
-_unit_labels = _labels_state._unit_labels
+# Not from-imported: see _state.frame_labels.
+frame_labels = _state.frame_labels
+unit_labels_by_thread = _state.unit_labels_by_thread
 
 _HOOK_MARK = "__pyproperf_hook__"
 # Where a Thread (in its __dict__) or a greenlet keeps the labels it started with.
-_LABELS_ATTR = "_pyproperf_labels"
+LABELS_ATTR = "_pyproperf_labels"
 _MISSING: Any = object()
 
 
@@ -55,20 +56,17 @@ _get_ident = _hooks.real_get_ident
 
 # --- activation ---------------------------------------------------------------------------
 
-_activate_lock = threading.Lock()
-
 
 def _activate() -> None:
-    """Install the inheritance hooks: now for loaded modules, at import for the others."""
-    with _activate_lock:
-        if _labels_state._on_first_set is None:
-            return
-        _labels_state._on_first_set = None
-        _hooks.on_thread_start(before=_thread_starting)
-        _hooks.on_thread_run(_thread_running, _thread_done)
-        for name, hook in _IMPORT_HOOKS.items():
-            _hooks.after_import(name, functools.partial(_run_hook, hook))
-        _hooks.at_fork_child(_after_fork_in_child)
+    """Install the inheritance hooks: now for loaded modules, at import for the others.
+
+    Run once, by ``_state`` (``when_first_set``).
+    """
+    _hooks.on_thread_start(before=_thread_starting)
+    _hooks.on_thread_run(_thread_running, _thread_done)
+    for name, hook in _IMPORT_HOOKS.items():
+        _hooks.after_import(name, functools.partial(_run_hook, hook))
+    _hooks.at_fork_child(_after_fork_in_child)
 
 
 def _run_hook(hook: Callable[[ModuleType], None], module: ModuleType) -> None:
@@ -86,7 +84,7 @@ def _run_hook(hook: Callable[[ModuleType], None], module: ModuleType) -> None:
 def _after_fork_in_child() -> None:
     """Forget the per-thread state of threads that do not exist in the child."""
     me = _get_ident()
-    for d in (_unit_labels, _traced):
+    for d in (unit_labels_by_thread, _traced):
         for ident in [i for i in d if i != me]:
             d.pop(ident, None)
 
@@ -96,18 +94,18 @@ def _after_fork_in_child() -> None:
 
 def _thread_starting(thread: threading.Thread) -> None:
     """``Thread.start``: remember the labels active now."""
-    ls = _get()
+    ls = current_get()
     if ls is not None:
-        thread.__dict__[_LABELS_ATTR] = ls
+        thread.__dict__[LABELS_ATTR] = ls
 
 
 def _thread_running(thread: threading.Thread, frame: FrameType) -> bool:
     """In the new thread: apply them, registered on its root frame."""
-    ls = thread.__dict__.get(_LABELS_ATTR)
+    ls = thread.__dict__.get(LABELS_ATTR)
     if ls is not None:
-        _set(ls)
+        current_set(ls)
         frame_labels[frame] = ls
-    return _greenlet_hooked and _ensure_tracer()
+    return _greenlet_hooked and ensure_tracer()
 
 
 def _thread_done(thread: threading.Thread, frame: FrameType, traced: bool) -> None:
@@ -115,7 +113,7 @@ def _thread_done(thread: threading.Thread, frame: FrameType, traced: bool) -> No
     if traced:
         ident = _get_ident()
         _traced.pop(ident, None)
-        _unit_labels.pop(ident, None)
+        unit_labels_by_thread.pop(ident, None)
 
 
 # --- concurrent.futures: submitted work runs with the labels active at submit().
@@ -125,15 +123,15 @@ def _submit_with_labels(submit: Callable[..., Any]) -> Callable[..., Any]:
     """An executor's ``submit`` that binds the submitted callable to the active labels."""
 
     def submit_with_labels(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        ls = _get()
+        ls = current_get()
         if ls is None:
             return submit(self, fn, *args, **kwargs)
         # The pool's own workers, started here, must not inherit the labels.
-        _set(None)
+        current_set(None)
         try:
             return submit(self, bind(fn, ls), *args, **kwargs)
         finally:
-            _set(ls)
+            current_set(ls)
 
     return submit_with_labels
 
@@ -154,7 +152,7 @@ def _hook_process_pool(module: ModuleType) -> None:
 # start()/spawn(), registered on its first frame.  Plain greenlets have no
 # creation hook: a per-thread switch tracer gives a fresh greenlet the labels
 # of the greenlet that first switches into it, and publishes the running
-# greenlet's as ``_unit_labels``.  A Python tracer costs every switch (even a
+# greenlet's as ``unit_labels_by_thread``.  A Python tracer costs every switch (even a
 # no-op one slows gevent.sleep(0) by a third), so it runs only in programs
 # without gevent, where plain greenlets are what there is.
 
@@ -168,10 +166,10 @@ def _hook_greenlet(module: ModuleType) -> None:
     if not hasattr(module, "settrace"):  # pragma: no cover
         return
     _greenlet_hooked = True
-    _ensure_tracer()
+    ensure_tracer()
 
 
-def _ensure_tracer(force: bool = False) -> bool:
+def ensure_tracer(force: bool = False) -> bool:
     """Install the switch tracer in this thread (once); whether it is installed."""
     ident = _get_ident()
     if ident in _traced:
@@ -190,7 +188,7 @@ def _ensure_tracer(force: bool = False) -> bool:
     return True
 
 
-def _remove_tracer() -> None:
+def remove_tracer() -> None:
     """Take our tracer out of this thread, if it is the one in place."""
     ident = _get_ident()
     greenlet = sys.modules.get("greenlet")
@@ -199,13 +197,13 @@ def _remove_tracer() -> None:
     current = greenlet.gettrace()
     if getattr(current, _HOOK_MARK, False):
         greenlet.settrace(_traced.pop(ident))
-        _unit_labels.pop(ident, None)
+        unit_labels_by_thread.pop(ident, None)
 
 
 def _make_tracer(prev: Any, ident: int, main: Any) -> Callable[[str, Any], Any]:
     """Thread ``ident``'s switch tracer: publish the target's labels, then chain ``prev``."""
-    unit = _unit_labels
-    attr = _LABELS_ATTR
+    unit = unit_labels_by_thread
+    attr = LABELS_ATTR
     missing = _MISSING
 
     def on_switch(event: str, args: Any) -> Any:
@@ -234,12 +232,12 @@ def _first_switch(origin: Any, target: Any) -> LabelSet | None:
     try:
         # On its very first switch a greenlet has no Python frame yet: the
         # tracer's caller frame is then None.
-        if _getframe(1).f_back is None and not _is_hub(target):
+        if getframe(1).f_back is None and not _is_hub(target):
             ctx = origin.gr_context
-            ls = ctx.get(_current) if ctx is not None else None
+            ls = ctx.get(current) if ctx is not None else None
             if ls is not None:
-                _set(ls)  # the tracer runs in the target greenlet's context
-        target.__dict__[_LABELS_ATTR] = ls
+                current_set(ls)  # the tracer runs in the target greenlet's context
+        target.__dict__[LABELS_ATTR] = ls
     except Exception:  # pragma: no cover - a greenlet we cannot inspect
         return None
     return ls
@@ -254,19 +252,19 @@ def _is_hub(g: Any) -> bool:
 def _hook_gevent(module: ModuleType) -> None:
     """gevent was imported: label spawned greenlets; take this thread's tracer out."""
     module.Greenlet.add_spawn_callback(_on_gevent_spawn)
-    _remove_tracer()
+    remove_tracer()
 
 
 def _on_gevent_spawn(g: Any) -> None:
     """At ``start()``, in the spawning greenlet: wrap the function with the active labels."""
-    ls = _get()
-    g.__dict__[_LABELS_ATTR] = ls
+    ls = current_get()
+    g.__dict__[LABELS_ATTR] = ls
     if ls is not None:
         g._run = bind(g._run, ls)
 
 
 _IMPORT_HOOKS: dict[str, Callable[[ModuleType], None]] = {
-    **_labels_tasks.IMPORT_HOOKS,
+    **_tasks.IMPORT_HOOKS,
     "concurrent.futures.thread": _hook_thread_pool,
     "concurrent.futures.process": _hook_process_pool,
     "greenlet": _hook_greenlet,
@@ -274,4 +272,4 @@ _IMPORT_HOOKS: dict[str, Callable[[ModuleType], None]] = {
 }
 
 # The first label set made after this (EMPTY exists already) installs the hooks.
-_labels_state._on_first_set = _activate
+_state.when_first_set(_activate)

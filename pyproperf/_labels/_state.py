@@ -2,20 +2,20 @@
 
 Values: ``LabelSet`` (immutable sorted pairs; ``labels()`` builds one, with
 caches so that ``labeled("k", "v")`` in a loop builds nothing) and
-``LabelContext`` (Go's ``context.Context``, labels only).  ``_merge`` is
+``LabelContext`` (Go's ``context.Context``, labels only).  ``merge`` is
 Go's WithLabels merge, cached on the set being added.
 
 Where they are active (the rest of the labels modules read and write these):
 
-* ``_current``: the ContextVar holding the running unit's label set (None:
+* ``current``: the ContextVar holding the running unit's label set (None:
   no labels).  asyncio tasks inherit it through their context copy.
 * ``frame_labels``: live frame -> label set in force from that frame inward,
   for the sampler, which cannot read another thread's ContextVar.
-* ``_unit_labels``: thread ident -> labels of the plain greenlet running on
-  it, kept by ``_labels_inherit``'s switch tracer.
+* ``unit_labels_by_thread``: thread ident -> labels of the plain greenlet running on
+  it, kept by ``_inherit``'s switch tracer.
 
-This module imports no other labels module: ``_labels_inherit`` arms
-``_on_first_set`` at import, so that making the first label set installs
+This module imports no other labels module: ``_inherit`` arms
+its installer (``when_first_set``) at import, so that making the first label set installs
 its inheritance hooks.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
 from typing import Any, TypeVar
@@ -116,9 +117,28 @@ class LabelSet:
 
 _uids = itertools.count()
 
-# Called by ``_init`` when set: installs the inheritance hooks and resets this
-# to None (``_labels_inherit`` sets it at import, after ``EMPTY`` exists).
+# The inheritance hooks' installer, until it has run (``when_first_set``).
 _on_first_set: Callable[[], None] | None = None
+_first_set_lock = threading.Lock()
+
+
+def when_first_set(install: Callable[[], None]) -> None:
+    """Have ``install()`` run once, when the first label set is made after this call.
+
+    ``_inherit`` hands over its hook installer at import (``EMPTY`` exists
+    already): a program that never makes a label set gets no hooks.
+    """
+    global _on_first_set
+    _on_first_set = install
+
+
+def activate() -> None:
+    """Run the installer now if it has not run (``set_goroutine_labels`` needs its hooks)."""
+    global _on_first_set
+    with _first_set_lock:
+        install, _on_first_set = _on_first_set, None
+    if install is not None:
+        install()
 
 
 def _init(ls: LabelSet, pairs: Pairs) -> None:
@@ -130,7 +150,7 @@ def _init(ls: LabelSet, pairs: Pairs) -> None:
     setter(ls, "_uid", next(_uids))
     setter(ls, "_ctx", None)
     if _on_first_set is not None:
-        _on_first_set()
+        activate()
 
 
 def _from_pairs(pairs: Pairs) -> LabelSet:
@@ -166,7 +186,7 @@ def _normalize(kv: list[str]) -> Pairs:
 # The empty set: a frame entry meaning "no labels from here inward".
 EMPTY = _from_pairs(())
 
-_args_cache: dict[tuple[object, ...], LabelSet] = {}
+args_cache: dict[tuple[object, ...], LabelSet] = {}
 
 
 def labels(*kv: str) -> LabelSet:
@@ -177,25 +197,25 @@ def labels(*kv: str) -> LabelSet:
     or value that is not a ``str`` raises ``TypeError``.
     """
     try:
-        return _args_cache[kv]
+        return args_cache[kv]
     except (KeyError, TypeError):  # TypeError: unhashable arguments, rejected below
-        return _labels_slow(kv)
+        return labels_slow(kv)
 
 
-def _labels_slow(kv: tuple[object, ...]) -> LabelSet:
+def labels_slow(kv: tuple[object, ...]) -> LabelSet:
     """``labels(*kv)`` on a cache miss: check, build, and cache exact-str argument tuples."""
     if len(kv) % 2:
         raise ValueError("uneven number of arguments to pprof.Labels")
     ls = _from_pairs(_normalize(_check_strings(kv)))
-    if len(_args_cache) >= _ARGS_CACHE_MAX:
-        _args_cache.clear()
+    if len(args_cache) >= _ARGS_CACHE_MAX:
+        args_cache.clear()
     # Only exact str arguments are cached, so a hit is always valid input.
     if all(type(x) is str for x in kv):
-        _args_cache[kv] = ls
+        args_cache[kv] = ls
     return ls
 
 
-def _merge(base: LabelSet, add: LabelSet) -> LabelSet:
+def merge(base: LabelSet, add: LabelSet) -> LabelSet:
     """Go's WithLabels merge: ``base`` updated with ``add``; the newer value wins.
 
     Never returns ``base`` itself (an equal copy instead): a region whose
@@ -225,12 +245,12 @@ def _merge(base: LabelSet, add: LabelSet) -> LabelSet:
 # --- contexts -------------------------------------------------------------------------
 
 # The label set of the running unit (thread, greenlet, task); None = no labels.
-_current: contextvars.ContextVar[LabelSet | None] = contextvars.ContextVar(
+current: contextvars.ContextVar[LabelSet | None] = contextvars.ContextVar(
     "pyproperf_labels", default=None
 )
-_get = _current.get
-_set = _current.set
-_reset = _current.reset
+current_get = current.get
+current_set = current.set
+current_reset = current.reset
 
 
 class LabelContext:
@@ -253,7 +273,7 @@ class LabelContext:
     @classmethod
     def current(cls) -> LabelContext:
         """The context of the running code: its active labels."""
-        return _context_of(_get())
+        return context_of(current_get())
 
     @property
     def labels(self) -> LabelSet | None:
@@ -281,7 +301,7 @@ class LabelContext:
 _BACKGROUND = LabelContext()
 
 
-def _context_of(ls: LabelSet | None) -> LabelContext:
+def context_of(ls: LabelSet | None) -> LabelContext:
     """The (cached) LabelContext of a label set."""
     if ls is None:
         return _BACKGROUND
@@ -293,14 +313,14 @@ def _context_of(ls: LabelSet | None) -> LabelContext:
     return ctx
 
 
-def _labels_of_ctx(ctx: LabelContext | contextvars.Context | None) -> LabelSet | None:
+def labels_of_ctx(ctx: LabelContext | contextvars.Context | None) -> LabelSet | None:
     """The labels of a ``ctx`` argument (None: the running code's); TypeError for other types."""
     if ctx is None:
-        return _get()
+        return current_get()
     if type(ctx) is LabelContext:
         return ctx._labels
     if isinstance(ctx, contextvars.Context):
-        return ctx.get(_current)
+        return ctx.get(current)
     if isinstance(ctx, LabelContext):
         return ctx._labels
     raise TypeError(
@@ -308,7 +328,7 @@ def _labels_of_ctx(ctx: LabelContext | contextvars.Context | None) -> LabelSet |
     )
 
 
-def _check_set(ls: object) -> LabelSet:
+def check_set(ls: object) -> LabelSet:
     """``ls`` itself if it is a LabelSet, else TypeError."""
     if not isinstance(ls, LabelSet):
         raise TypeError(f"labels must be a LabelSet (see labels()), not {type(ls).__name__}")
@@ -317,19 +337,19 @@ def _check_set(ls: object) -> LabelSet:
 
 # --- where the sampler looks ---------------------------------------------------------------
 
-_getframe = sys._getframe
+getframe = sys._getframe
 # Live frame -> labels in force from that frame inward; the innermost registered
 # frame on a stack wins.  Entries: ``labeled``/``do`` regions, and the root frame
 # of a unit that inherited labels (thread bootstrap, greenlet, task coroutine).
 # EMPTY as a value: "no labels", overriding frames further out.
 #
-# The other labels modules bind this and ``_unit_labels`` by assignment
-# (``frame_labels = _labels_state.frame_labels``), never ``from``-import
+# The other labels modules bind this and ``unit_labels_by_thread`` by assignment
+# (``frame_labels = _state.frame_labels``), never ``from``-import
 # them: CPython compiles ``name.pop(...)`` on a ``from``-imported name as an
 # attribute load plus call (it assumes a module), not LOAD_METHOD, which
 # costs a bound-method object per call on the hot paths.
 frame_labels: dict[FrameType, LabelSet] = {}
-_register = frame_labels.setdefault
+register = frame_labels.setdefault
 
-# Thread ident -> labels of the plain greenlet running on it (see _labels_inherit).
-_unit_labels: dict[int, LabelSet] = {}
+# Thread ident -> labels of the plain greenlet running on it (see _inherit).
+unit_labels_by_thread: dict[int, LabelSet] = {}

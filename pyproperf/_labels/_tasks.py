@@ -21,10 +21,10 @@ Where each loop creates its tasks, and what is wrapped there:
 * worker threads: ``trio.to_thread.run_sync`` and ``anyio.to_thread.run_sync``
   (Starlette's and FastAPI's thread pool) run the function in a pooled
   thread under a copy of the caller's context; the function is bound to
-  the labels (``_labels_region.bind``) so that the worker registers them,
+  the labels (``_region.bind``) so that the worker registers them,
   and the pool's threads do not inherit them.
   ``asyncio.to_thread`` needs nothing here: it goes through an executor's
-  ``submit`` (``_labels_inherit``).
+  ``submit`` (``_inherit``).
 
 ``running_task()`` says which task runs now, for ``set_goroutine_labels``,
 and ``forget_with_task`` ends a registration made inside a task.
@@ -38,13 +38,14 @@ from collections.abc import Callable
 from types import FrameType, ModuleType
 from typing import Any
 
-from pyproperf import _hooks, _labels_state
-from pyproperf._labels_region import bind
-from pyproperf._labels_state import LabelSet, _current, _get, _set
+from pyproperf import _hooks
+from pyproperf._labels import _state
+from pyproperf._labels._region import bind
+from pyproperf._labels._state import LabelSet, current, current_get, current_set
 
 __all__ = ["IMPORT_HOOKS", "coro_frame", "forget_with_task", "running_task", "task_root"]
 
-frame_labels = _labels_state.frame_labels  # not from-imported: see _labels_state
+frame_labels = _state.frame_labels  # not from-imported: see _state
 
 # trio task -> the root frame registered for it (trio tasks take no attributes).
 _trio_roots: dict[Any, FrameType] = {}
@@ -108,7 +109,7 @@ def _create_task_with_labels(create_task: Callable[..., Any]) -> Callable[..., A
 
     def create_task_with_labels(self: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
         context = kwargs.get("context")
-        ls = _get() if context is None else context.get(_current)
+        ls = current_get() if context is None else context.get(current)
         task = create_task(self, coro, *args, **kwargs)
         if ls is not None:
             _register_task(task, ls)
@@ -150,7 +151,7 @@ def _spawn_impl_with_labels(spawn_impl: Callable[..., Any]) -> Callable[..., Any
 
     def spawn_impl_with_labels(self: Any, *args: Any, **kwargs: Any) -> Any:
         task = spawn_impl(self, *args, **kwargs)
-        ls = task.context.get(_current)
+        ls = task.context.get(current)
         if ls is not None:
             root = coro_frame(task.coro)
             if isinstance(root, FrameType) and root not in registry:
@@ -199,14 +200,14 @@ def _start_thread_soon_with_labels(start: Callable[..., Any]) -> Callable[..., A
     """trio's ``start_thread_soon(fn, deliver, ...)`` with ``fn`` bound to the caller's labels."""
 
     def start_thread_soon_with_labels(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        ls = _get()
+        ls = current_get()
         if ls is None:
             return start(fn, *args, **kwargs)
-        _set(None)
+        current_set(None)
         try:
             return start(bind(fn, ls), *args, **kwargs)
         finally:
-            _set(ls)
+            current_set(ls)
 
     return start_thread_soon_with_labels
 
@@ -217,14 +218,14 @@ def _run_in_worker_with_labels(run: Callable[..., Any]) -> Callable[..., Any]:
     async def run_sync_in_worker_thread_with_labels(
         cls: Any, func: Any, /, *args: Any, **kwargs: Any
     ) -> Any:
-        ls = _get()
+        ls = current_get()
         if ls is None:
             return await run(cls, func, *args, **kwargs)
-        _set(None)
+        current_set(None)
         try:
             return await run(cls, bind(func, ls), *args, **kwargs)
         finally:
-            _set(ls)
+            current_set(ls)
 
     return run_sync_in_worker_thread_with_labels
 

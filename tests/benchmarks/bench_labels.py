@@ -170,7 +170,7 @@ def _switch_round_trips(n: int, traced: bool) -> float:
 
     def run() -> None:
         if traced:
-            _labels._ensure_tracer(force=True)
+            _labels.ensure_tracer(force=True)
         else:
             greenlet.settrace(None)
         main = greenlet.getcurrent()
@@ -192,7 +192,7 @@ def _switch_round_trips(n: int, traced: bool) -> float:
         out.append((time.perf_counter_ns() - t0) / n)
         g.throw(greenlet.GreenletExit)
         g2.throw(greenlet.GreenletExit)
-        _labels._remove_tracer()
+        _labels.remove_tracer()
 
     t = threading.Thread(target=run)
     t.start()

@@ -60,7 +60,8 @@ from pathlib import Path
 from typing import Any
 
 import pyproperf
-from pyproperf import _cpu, _labels, _labels_state
+from pyproperf import _cpu, _labels
+from pyproperf._labels import _state as _labels_state
 from pyproperf._sampler import Collector, engine
 
 THREADS = 8  # the main thread and seven others
@@ -471,7 +472,7 @@ def run(
           f"{engine.errors}")
     print(f"- left after stop + gc: registered frames {len(_labels.frame_labels)}, thread "
           f"states {len(engine.states)}, label sets {alive['label sets']:,}, collectors "
-          f"{alive['collectors']}, args cache {len(_labels_state._args_cache):,}")
+          f"{alive['collectors']}, args cache {len(_labels_state.args_cache):,}")
     print(flush=True)
     if trace and monitor.snapshots and snap_end is not None:
         t_first, s_first = monitor.snapshots[0]
