@@ -160,6 +160,40 @@ def test_interpreter_changes_live_in_hooks() -> None:
         assert pattern in hooks
 
 
+def test_label_inheritance_wraps_through_hooks_and_lists_what_it_wrapped() -> None:
+    """Every method label inheritance wraps goes through ``_hooks.wrap_attribute`` (listed once)."""
+    assigned = (".create_task =", ".submit =", ".spawn_impl =", ".task_exited =",
+                ".start_thread_soon =", ".run_sync_in_worker_thread =", ".run_sync =")
+    for path in (PACKAGE / "_labels").glob("*.py"):
+        text = path.read_text()
+        assert "wrap_attribute" in text or path.name in ("_state.py", "_region.py", "__init__.py")
+        for pattern in assigned:
+            assert pattern not in text, (path.name, pattern)
+    code = """
+import asyncio, concurrent.futures.process, anyio, trio, uvloop
+import anyio._backends._asyncio
+import pyproperf
+from pyproperf import _hooks
+assert _hooks.wrapped == [], _hooks.wrapped   # nothing before the first label set
+pyproperf.labels("k", "v")
+pyproperf.labels("k", "w")                    # installed once
+print("\\n".join(_hooks.wrapped))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert sorted(out) == sorted([
+        "asyncio.base_events.BaseEventLoop.create_task",
+        "uvloop.Loop.create_task",
+        "trio._core._run.Runner.spawn_impl",
+        "trio._core._run.Runner.task_exited",
+        "trio._threads.start_thread_soon",
+        "anyio._backends._asyncio.AsyncIOBackend.run_sync_in_worker_thread",
+        "concurrent.futures.thread.ThreadPoolExecutor.submit",
+        "concurrent.futures.process.ProcessPoolExecutor.submit",
+    ]), out
+
+
 def test_one_wrapper_per_thread_method_whatever_is_used() -> None:
     """Labels, threadcreate and the CPU sampler share one Thread.start and one bootstrap wrapper."""
     code = """
