@@ -177,6 +177,16 @@ def _safe_done(fut: Any) -> bool:
         return False
 
 
+def _copy(items: Iterable[Any]) -> list[Any]:
+    """``list(items)`` of a collection other threads may change; [] if it never settles."""
+    for _ in range(1000):
+        try:
+            return list(items)
+        except RuntimeError:  # changed size while copying: another thread added one
+            continue
+    return []
+
+
 # -- asyncio ----------------------------------------------------------------------------------
 
 
@@ -191,26 +201,13 @@ def _pending_asyncio() -> list[Any]:
         data = getattr(ws, "data", None)
         if data is None:
             continue
-        for _ in range(1000):
-            try:
-                refs = list(data)
-                break
-            except RuntimeError:  # changed size while copying: another thread added one
-                continue
-        else:
-            refs = []
-        for r in refs:
+        for r in _copy(data):
             t = r()
             if t is not None:
                 found[id(t)] = t
     eager = getattr(mod, "_eager_tasks", None)  # 3.12+: tasks running eagerly
     if isinstance(eager, set):
-        for _ in range(1000):
-            try:
-                found.update((id(t), t) for t in list(eager))
-                break
-            except RuntimeError:
-                continue
+        found.update((id(t), t) for t in _copy(eager))
     out = []
     for t in found.values():
         try:
@@ -245,6 +242,13 @@ def asyncio_tasks() -> Iterator[TaskView]:
 # -- trio -------------------------------------------------------------------------------------
 
 
+# trio's functions that hold the run's ``Runner`` in their local ``runner``:
+# ``run`` (on the stack for the whole run, also while it waits for I/O) and the
+# ``unrolled_run`` generator it drives (on the stack while a task runs; the one
+# there in guest mode).
+_RUNNER_HOLDERS = ("run", "unrolled_run")
+
+
 def _trio_runners(stacks: Iterable[FrameType]) -> list[Any]:
     """The runner of each trio run on these threads' stacks (leaf frames)."""
     run = sys.modules.get("trio._core._run")
@@ -256,11 +260,11 @@ def _trio_runners(stacks: Iterable[FrameType]) -> list[Any]:
         f: FrameType | None = frame
         while f is not None:
             code = f.f_code
-            if code.co_name == "unrolled_run" and code.co_filename == run_file:
+            if code.co_name in _RUNNER_HOLDERS and code.co_filename == run_file:
                 runner = f.f_locals.get("runner")
-                if runner is not None:
+                if runner is not None and hasattr(runner, "tasks"):
                     runners[id(runner)] = runner
-                break
+                    break
             f = f.f_back
     return list(runners.values())
 
@@ -268,15 +272,7 @@ def _trio_runners(stacks: Iterable[FrameType]) -> list[Any]:
 def trio_tasks(stacks: Iterable[FrameType]) -> Iterator[TaskView]:
     """Every suspended task of each trio run found on these threads' stacks."""
     for runner in _trio_runners(stacks):
-        for _ in range(1000):
-            try:
-                tasks = list(runner.tasks)
-                break
-            except RuntimeError:  # changed size while copying
-                continue
-        else:
-            tasks = []
-        for t in tasks:
+        for t in _copy(runner.tasks):
             coro = getattr(t, "coro", None)
             if coro is None or _running(coro):
                 continue

@@ -1404,3 +1404,43 @@ def test_inlined_region_entry_matches_the_shared_one() -> None:
         assert got == observe(False, *case), case
         assert got[0][0] == ("inner", True) and got[1] is not None  # positive control
     assert not _labels.frame_labels
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("in_thread", [False, True], ids=["main-thread", "other-thread"])
+def test_samples_take_labels_from_the_stack_on_every_thread(in_thread: bool, tmp_path: Any) -> None:
+    """A ``with labeled`` held across a generator's ``yield`` leaves the ContextVar set while
+    the consumer runs (``label()`` says so), but the consumer's code is not the labelled
+    code: its samples carry no labels, on the main thread (the signal handler's) as on any
+    other (the helper's)."""
+    used = {"produce": 0.0, "consume": 0.0}
+    seen: list[tuple[str, bool]] = []
+
+    def producer() -> Iterator[int]:
+        with pyproperf.labeled("phase", "produce"):
+            for i in range(20):
+                used["produce"] += _shared_work(0.005)
+                yield i
+
+    def consume() -> None:
+        for _ in producer():
+            seen.append(pyproperf.label(None, "phase"))
+            used["consume"] += _shared_work(0.02)
+
+    path = tmp_path / "cpu.pb.gz"
+    with open(path, "wb") as f:
+        pyproperf.start_cpu_profile(f)
+        try:
+            if in_thread:
+                t = threading.Thread(target=consume)
+                t.start()
+                t.join()
+            else:
+                consume()
+        finally:
+            pyproperf.stop_cpu_profile()
+    assert seen[0] == ("produce", True)  # the Python quirk the profile does not follow
+    per_label = tag_seconds(path, "phase")
+    # The producer's own CPU carries its label (positive control); the consumer's does not.
+    assert 0.5 * used["produce"] <= per_label.get("produce", 0.0), (per_label, used)
+    assert per_label.get("produce", 0.0) <= 0.1 + 1.5 * used["produce"], (per_label, used)

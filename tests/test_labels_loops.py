@@ -311,6 +311,14 @@ TO_THREAD_PROGRAM = textwrap.dedent("""
         used[prefix + "-plain"] = await run_sync(burn, 0.15)
 
     async def trio_main():
+        # trio's thread cache starts a thread for this job, in a labelled region: the
+        # thread serves the unlabelled jobs below, and must not carry the labels.
+        done = []
+        with pyproperf.labeled("request", "lowlevel"):
+            trio.lowlevel.start_thread_soon(
+                lambda: used.__setitem__("lowlevel", burn(0.2)), done.append)
+        while not done:
+            await trio.sleep(0.005)
         await calls(trio.to_thread.run_sync, "trio")
         await calls(anyio.to_thread.run_sync, "anyio-trio")
 
@@ -336,7 +344,7 @@ def test_worker_threads_of_trio_and_anyio_carry_the_callers_labels(tmp_path: Pat
     assert out.returncode == 0, out.stderr
     used = json.loads(out.stdout)
     per_label = tag_seconds(path, "request")
-    assert set(per_label) == {"trio", "anyio-trio", "anyio-asyncio"}, per_label
+    assert set(per_label) == {"lowlevel", "trio", "anyio-trio", "anyio-asyncio"}, per_label
     for name, seconds in per_label.items():
         assert 0.65 * used[name] <= seconds <= 1.35 * used[name], (name, per_label, used)
 
@@ -597,3 +605,82 @@ def test_uvicorn_on_uvloop_profile_shows_endpoint_labels(tmp_path: Path) -> None
         got = per_label.get(endpoint, 0.0)
         assert 0.7 * truth <= got <= 1.3 * truth, (endpoint, got, truth, per_label, err)
     assert re.search(r"endpoint: Total", pprof("-tags", path))
+
+
+def test_goroutine_lists_trio_tasks_while_the_run_waits_for_io() -> None:
+    """A trio server is idle most of the time: its run waits for I/O with no task on the
+    stack.  A profile taken from another thread (the HTTP endpoint's) still lists its tasks."""
+    token: list[Any] = []
+    ready = threading.Event()
+    stop: list[trio.Event] = []
+
+    async def main() -> None:
+        stop.append(trio.Event())
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                with pyproperf.labeled("handler", str(i)):
+                    nursery.start_soon(sleeper, name=f"handler-{i}")
+            await trio.testing.wait_all_tasks_blocked()
+            token.append(trio.lowlevel.current_trio_token())
+            ready.set()
+            await stop[0].wait()  # now every task waits: the run is in its I/O wait
+            nursery.cancel_scope.cancel()
+
+    t = threading.Thread(target=trio.run, args=(main,))
+    t.start()
+    try:
+        assert ready.wait(30)
+        deadline = time.monotonic() + 30
+        while True:  # until the trio thread's stack shows the idle run, not a task
+            p = pyproperf.lookup("goroutine")
+            assert p is not None
+            units = {d.name: d for d in parse_dump(p.render(2).decode())}
+            trio_thread = next(d for d in units.values() if d.kind == "thread"
+                               and any(f.startswith("trio.") for f in d.funcs))
+            if not any(f.endswith(".main") for f in trio_thread.funcs):
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for i in range(3):
+            d = units[f"handler-{i}"]
+            assert (d.kind, d.state, d.labels) == ("task", "sleep", f"{{handler: {i}}}"), d
+        main_task = next(d for name, d in units.items() if name.endswith(".main"))
+        assert main_task.state == "chan receive", main_task  # trio.Event.wait
+    finally:
+        if token:
+            token[0].run_sync_soon(stop[0].set)
+        t.join(30)
+
+
+def test_task_waiting_for_a_worker_thread_keeps_its_labels() -> None:
+    """A task awaiting anyio.to_thread.run_sync keeps its labels (goroutine, label()) while
+    the job runs; the worker thread running the job carries them too."""
+    seen: dict[str, Any] = {}
+
+    def job(started: threading.Event, go: threading.Event) -> None:
+        started.set()
+        go.wait(30)
+
+    async def handler(started: threading.Event, go: threading.Event) -> None:
+        await anyio.to_thread.run_sync(job, started, go)
+        seen["after"] = pyproperf.label(None, "req")
+
+    async def main() -> None:
+        started, go = threading.Event(), threading.Event()
+        with pyproperf.labeled("req", "A"):
+            t = asyncio.get_running_loop().create_task(handler(started, go), name="in-to-thread")
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        p = pyproperf.lookup("goroutine")
+        assert p is not None
+        seen["units"] = parse_dump(p.render(2).decode())
+        go.set()
+        await t
+
+    anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
+    units = {d.name: d for d in seen["units"]}
+    assert units["in-to-thread"].labels == "{req: A}", units["in-to-thread"]
+    worker = [d for d in seen["units"]
+              if d.kind == "thread" and any(f.endswith("<locals>.job") for f in d.funcs)]
+    assert len(worker) == 1 and worker[0].labels == "{req: A}", worker
+    assert seen["after"] == ("A", True)

@@ -20,9 +20,11 @@ entry equals the ContextVar (``EMPTY`` standing for None).  Every write
 keeps it, which is what lets ``set_goroutine_labels`` work by rewriting the
 innermost registered frame.
 
-The main thread's samples are taken by a signal handler, which runs in the
-context of the code it interrupted: where no frame says, it reads the
-ContextVar itself (``context_labels``).
+The signal handler that samples the main thread could read the ContextVar
+of the code it interrupted, but other threads' samples cannot: samples take
+their labels from the stack alone, so the same code gets the same labels on
+every thread (a ``with labeled`` held open across a generator's ``yield``
+labels the consumer's code for ``label()``, not for the profile).
 
 The package is split by job, one way (``_state`` <- ``_region`` <- ``_tasks``
 <- ``_inherit`` <- here); this module is the one the rest of pyproperf
@@ -79,7 +81,6 @@ __all__ = [
     "EMPTY",
     "LabelContext",
     "LabelSet",
-    "context_labels",
     "do",
     "ensure_tracer",
     "for_labels",
@@ -199,13 +200,6 @@ def set_goroutine_labels(ctx: LabelContext | contextvars.Context | None = None) 
 # --- per-unit lookups ------------------------------------------------------------------------
 
 
-# The labels of the code running in the calling thread, read from its context: the
-# sampler's signal handler runs in the context of the code it interrupted, so
-# its samples see labels even where no hook registered a frame (a task of a loop
-# pyproperf does not hook, a callback a labelled region scheduled).
-context_labels: Callable[[], LabelSet | None] = current_get
-
-
 def unit_labels(ident: int) -> LabelSet | None:
     """Labels of the unit running on thread ``ident`` when no frame on its stack says.
 
@@ -241,8 +235,8 @@ def _publish(new: LabelSet | None, frame: FrameType | None) -> None:
         f = f.f_back
     if task is not None:
         if root is not None:
-            frame_labels[root] = value
             forget_with_task(task, root)
+            frame_labels[root] = value
         return
     g = _current_greenlet()
     if g is not None and g.parent is not None and bottom is not None:

@@ -93,10 +93,20 @@ def _after_fork_in_child() -> None:
 # registered on the bootstrap frame at the root of its stack.
 
 def _thread_starting(thread: threading.Thread) -> None:
-    """``Thread.start``: remember the labels active now."""
+    """``Thread.start``: remember the labels active now (not for a pool's worker thread)."""
     ls = current_get()
-    if ls is not None:
+    if ls is not None and not _is_pool_thread(thread):
         thread.__dict__[LABELS_ATTR] = ls
+
+
+def _is_pool_thread(thread: threading.Thread) -> bool:
+    pools = _state.pool_thread_classes
+    if not pools:
+        return False
+    if type(thread) in pools:
+        return True
+    owner = getattr(thread.__dict__.get("_target"), "__self__", None)
+    return owner is not None and type(owner) in pools
 
 
 def _thread_running(thread: threading.Thread, frame: FrameType) -> bool:
@@ -162,7 +172,7 @@ _traced: dict[int, Any] = {}  # thread ident -> the tracer ours replaced
 
 def _hook_greenlet(module: ModuleType) -> None:
     """greenlet was imported: the switch tracer goes into this thread and new threads."""
-    global _greenlet_hooked
+    global _greenlet_hooked  # noqa: PLW0603 - a one-shot flag, read at every thread start
     if not hasattr(module, "settrace"):  # pragma: no cover
         return
     _greenlet_hooked = True

@@ -128,12 +128,14 @@ def when_first_set(install: Callable[[], None]) -> None:
     ``_inherit`` hands over its hook installer at import (``EMPTY`` exists
     already): a program that never makes a label set gets no hooks.
     """
-    global _on_first_set
+    global _on_first_set  # noqa: PLW0603 - a one-shot handoff; _init reads it per label set
     _on_first_set = install
 
 
 def activate() -> None:
     """Run the installer now if it has not run (``set_goroutine_labels`` needs its hooks)."""
+    # No noqa here: ruff's PLW0603 flags a ``global`` name given a plain (or augmented)
+    # assignment, as in when_first_set, not one rebound by unpacking as below.
     global _on_first_set
     with _first_set_lock:
         install, _on_first_set = _on_first_set, None
@@ -353,3 +355,9 @@ register = frame_labels.setdefault
 
 # Thread ident -> labels of the plain greenlet running on it (see _inherit).
 unit_labels_by_thread: dict[int, LabelSet] = {}
+
+# Classes of worker-pool threads (a ``Thread`` subclass, or the class whose
+# bound method is the thread's target): such a thread serves every later job
+# of its pool, so it never inherits the labels active when it was started; each
+# job brings its own (``_region.bind``).  ``_tasks`` adds the pools it hooks.
+pool_thread_classes: set[type] = set()

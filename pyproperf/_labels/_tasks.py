@@ -32,8 +32,8 @@ and ``forget_with_task`` ends a registration made inside a task.
 
 from __future__ import annotations
 
-import functools
 import sys
+import weakref
 from collections.abc import Callable
 from types import FrameType, ModuleType
 from typing import Any
@@ -41,14 +41,21 @@ from typing import Any
 from pyproperf import _hooks
 from pyproperf._labels import _state
 from pyproperf._labels._region import bind
-from pyproperf._labels._state import LabelSet, current, current_get, current_set
+from pyproperf._labels._state import LabelSet, current, current_get
 
 __all__ = ["IMPORT_HOOKS", "coro_frame", "forget_with_task", "running_task", "task_root"]
 
 frame_labels = _state.frame_labels  # not from-imported: see _state
 
-# trio task -> the root frame registered for it (trio tasks take no attributes).
+# trio task -> the root frame registered for it (trio tasks take no attributes);
+# dropped by Runner.task_exited.
 _trio_roots: dict[Any, FrameType] = {}
+# Weak reference to an asyncio task -> the root frame registered for it; dropped
+# when the task object goes away.  Not at the task's end, with a done-callback:
+# that costs the loop one more callback per task (3-4 us of the 5-8 us a task
+# costs), and a task destroyed while pending never runs it.  A finished task
+# keeps an entry no stack can reach until it is freed.
+_asyncio_roots: dict[weakref.ref[Any], FrameType] = {}
 
 
 # --- frames of tasks --------------------------------------------------------------------
@@ -67,18 +74,26 @@ def task_root(task: Any) -> FrameType | None:
     return frame if isinstance(frame, FrameType) else None
 
 
-def _forget_frame(frame: FrameType, _task: object = None) -> None:
-    """Drop ``frame``'s registration (a task done-callback, hence the second argument)."""
-    frame_labels.pop(frame, None)
+def _asyncio_task_gone(ref: weakref.ref[Any]) -> None:
+    root = _asyncio_roots.pop(ref, None)
+    if root is not None:
+        frame_labels.pop(root, None)
 
 
 def forget_with_task(task: Any, frame: FrameType) -> None:
-    """Drop ``frame``'s registration when ``task`` (asyncio or trio) ends."""
-    add_done_callback = getattr(task, "add_done_callback", None)
-    if add_done_callback is not None:
-        add_done_callback(functools.partial(_forget_frame, frame))
+    """Drop ``frame``'s registration with ``task``: when an asyncio task is freed, when a
+    trio task exits.  Call it before registering (a Ctrl-C between must not leak it)."""
+    if hasattr(task, "get_coro"):  # asyncio, uvloop
+        _forget_with_asyncio_task(task, frame)
     else:  # trio: Runner.task_exited, wrapped below
         _trio_roots[task] = frame
+
+
+def _forget_with_asyncio_task(task: Any, frame: FrameType) -> None:
+    try:
+        _asyncio_roots[weakref.ref(task, _asyncio_task_gone)] = frame
+    except TypeError:  # a task class without weak references: at its end, then
+        task.add_done_callback(lambda _t: frame_labels.pop(frame, None))
 
 
 def running_task() -> Any:
@@ -119,14 +134,14 @@ def _create_task_with_labels(create_task: Callable[..., Any]) -> Callable[..., A
 
 
 def _register_task(task: Any, ls: LabelSet) -> None:
-    """Register an asyncio ``task``'s root frame with ``ls`` until the task is done."""
+    """Register an asyncio ``task``'s root frame with ``ls`` until the task is freed."""
     if task.done():
         return
     root = task_root(task)
     if root is None or root in frame_labels:
         return
+    _forget_with_asyncio_task(task, root)
     frame_labels[root] = ls
-    task.add_done_callback(functools.partial(_forget_frame, root))
 
 
 def _hook_asyncio(module: ModuleType) -> None:
@@ -155,8 +170,8 @@ def _spawn_impl_with_labels(spawn_impl: Callable[..., Any]) -> Callable[..., Any
         if ls is not None:
             root = coro_frame(task.coro)
             if isinstance(root, FrameType) and root not in registry:
+                roots[task] = root  # first: what ends the registration (Ctrl-C may land between)
                 registry[root] = ls
-                roots[task] = root
         return task
 
     return spawn_impl_with_labels
@@ -186,56 +201,47 @@ def _hook_trio(module: ModuleType) -> None:
 
 # --- worker threads: trio's thread cache, anyio's workers on asyncio -----------------------
 #
-# Both run the function in a pooled thread under a copy of the caller's
-# context; the hooks bind it to the caller's labels, and hand it over with
-# none active, so that a worker thread the pool starts for this call does not
-# inherit the labels for its life (it serves later calls).  The wrapped names
-# are the ones the public functions look up at each call (trio.to_thread.
-# run_sync -> trio._threads.start_thread_soon; anyio.to_thread.run_sync ->
-# the backend's run_sync_in_worker_thread; anyio on trio goes through trio's),
-# so references taken before the hooks went in are covered too.
+# Both run a job in a pooled thread under a copy of the caller's context; the
+# hooks bind the job to the caller's labels, and the pools' threads are listed
+# in ``_state.pool_thread_classes`` so that a thread started for one job does
+# not inherit its labels for life.  The wrapped methods are the ones every
+# path reaches at each call: trio's ``ThreadCache.start_thread_soon`` (behind
+# ``trio.to_thread.run_sync``, ``trio.lowlevel.start_thread_soon``, guest
+# mode's I/O thread, and anyio on trio), anyio's asyncio backend's
+# ``run_sync_in_worker_thread`` (behind ``anyio.to_thread.run_sync``); so
+# references taken before the hooks went in are covered too.
 
 
 def _start_thread_soon_with_labels(start: Callable[..., Any]) -> Callable[..., Any]:
-    """trio's ``start_thread_soon(fn, deliver, ...)`` with ``fn`` bound to the caller's labels."""
+    """trio's ``ThreadCache.start_thread_soon(fn, ...)``, ``fn`` bound to the caller's labels."""
 
-    def start_thread_soon_with_labels(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    def start_thread_soon_with_labels(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         ls = current_get()
-        if ls is None:
-            return start(fn, *args, **kwargs)
-        current_set(None)
-        try:
-            return start(bind(fn, ls), *args, **kwargs)
-        finally:
-            current_set(ls)
+        return start(self, fn if ls is None else bind(fn, ls), *args, **kwargs)
 
     return start_thread_soon_with_labels
 
 
 def _run_in_worker_with_labels(run: Callable[..., Any]) -> Callable[..., Any]:
-    """anyio's ``run_sync_in_worker_thread(func, args, ...)`` with ``func`` bound to the labels."""
+    """anyio's ``run_sync_in_worker_thread(func, ...)`` with ``func`` bound to the labels."""
 
     async def run_sync_in_worker_thread_with_labels(
         cls: Any, func: Any, /, *args: Any, **kwargs: Any
     ) -> Any:
         ls = current_get()
-        if ls is None:
-            return await run(cls, func, *args, **kwargs)
-        current_set(None)
-        try:
-            return await run(cls, bind(func, ls), *args, **kwargs)
-        finally:
-            current_set(ls)
+        return await run(cls, func if ls is None else bind(func, ls), *args, **kwargs)
 
     return run_sync_in_worker_thread_with_labels
 
 
 def _hook_trio_threads(module: ModuleType) -> None:
-    _hooks.wrap_attribute(module, "start_thread_soon", _start_thread_soon_with_labels,
-                          calls_user_code=True)
+    _state.pool_thread_classes.add(module.WorkerThread)  # the owner of its threads' target
+    _hooks.wrap_attribute(module.ThreadCache, "start_thread_soon",
+                          _start_thread_soon_with_labels, calls_user_code=True)
 
 
 def _hook_anyio_asyncio(module: ModuleType) -> None:
+    _state.pool_thread_classes.add(module.WorkerThread)
     _hooks.wrap_attribute(module.AsyncIOBackend, "run_sync_in_worker_thread",
                           _run_in_worker_with_labels, calls_user_code=True)
 
@@ -244,6 +250,6 @@ IMPORT_HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "asyncio.base_events": _hook_asyncio,
     "uvloop": _hook_uvloop,
     "trio._core._run": _hook_trio,
-    "trio._threads": _hook_trio_threads,
+    "trio._core._thread_cache": _hook_trio_threads,
     "anyio._backends._asyncio": _hook_anyio_asyncio,
 }
