@@ -219,6 +219,23 @@ class ProfileBuilder:
         return gzip_bytes(self.to_bytes())
 
 
+# Merged profiles' contents keyed by content: a function (name, system name,
+# file, start line); a location (mapping id, address, is_folded, lines as
+# (function or None, line, column)); a label (key, str, num, unit); a sample
+# (locations, sorted labels).
+_FunctionKey = tuple[str, str, str, int]
+_LocationKey = tuple[int, int, bool, tuple[tuple[_FunctionKey | None, int, int], ...]]
+_Label = tuple[str, str, int, str]
+_SampleKey = tuple[tuple[_LocationKey, ...], tuple[_Label, ...]]
+
+
+class _MergedSample(NamedTuple):
+    """A merged sample's summed values, and its labels in the order first seen."""
+
+    values: list[int]
+    labels: list[_Label]
+
+
 def merge_profiles(
     sources: Sequence[bytes],
     scales: Sequence[int] | None = None,
@@ -247,118 +264,179 @@ def merge_profiles(
     profs = [
         pb.Profile.FromString(gzip.decompress(d) if d[:2] == b"\x1f\x8b" else d) for d in sources
     ]
-
-    def vtype(p: pb.Profile, v: pb.ValueType) -> tuple[str, str]:
-        return p.string_table[v.type], p.string_table[v.unit]
-
-    first = profs[0]
-    types = [vtype(first, t) for t in first.sample_type]
-    for p in profs[1:]:
-        if vtype(p, p.period_type) != vtype(first, first.period_type):
-            raise ValueError("incompatible period types")
-        if [vtype(p, t) for t in p.sample_type] != types:
-            raise ValueError("incompatible sample types")
-    out = pb.Profile()
-    strings: dict[str, int] = {"": 0}
-
-    def s(text: str) -> int:
-        return strings.setdefault(text, len(strings))
-
-    for typ, unit in types:
-        out.sample_type.add(type=s(typ), unit=s(unit))
-    ptype = vtype(first, first.period_type)
-    out.period_type.type, out.period_type.unit = s(ptype[0]), s(ptype[1])
-    out.period = max(p.period for p in profs)
-    out.time_nanos = min((p.time_nanos for p in profs if p.time_nanos), default=0)
-    out.duration_nanos = sum(p.duration_nanos for p in profs)
-    seen_comments: set[str] = set()
-    for p in profs:
-        for c in p.comment:
-            if p.string_table[c] not in seen_comments:
-                seen_comments.add(p.string_table[c])
-                out.comment.append(s(p.string_table[c]))
-        if not out.default_sample_type and p.default_sample_type:
-            out.default_sample_type = s(p.string_table[p.default_sample_type])
-    out.drop_frames = s(first.string_table[first.drop_frames])
-    out.keep_frames = s(first.string_table[first.keep_frames])
+    types = _compatible_types(profs)
+    out = _Merged()
+    out.combine_headers(profs, types)
     if time_nanos is not None:
-        out.time_nanos = time_nanos
+        out.profile.time_nanos = time_nanos
     if duration_nanos is not None:
-        out.duration_nanos = duration_nanos
-
+        out.profile.duration_nanos = duration_nanos
     # Pass 1: key everything by content; pass 2 writes only what kept samples use.
-    mappings: dict[tuple[int, int, str], tuple[int, int]] = {}  # key -> (id, start)
-    # function (name, system name, file, start line); location (mapping id,
-    # address, is_folded, lines as (function or None, line, column)); label
-    # (key, str, num, unit); sample (locations, sorted labels).
-    fkey_t = tuple[str, str, str, int]
-    lkey_t = tuple[int, int, bool, tuple[tuple[fkey_t | None, int, int], ...]]
-    label_t = tuple[str, str, int, str]
-    samples: dict[tuple[tuple[lkey_t, ...], tuple[label_t, ...]], list[int]] = {}
-    sample_labels: dict[tuple[tuple[lkey_t, ...], tuple[label_t, ...]], list[label_t]] = {}
+    samples: dict[_SampleKey, _MergedSample] = {}
     for p, factor in zip(profs, factors, strict=True):
-        st = p.string_table
-        mapped: dict[int, tuple[int, int]] = {}  # source mapping id -> (id, address shift)
+        locations = _location_keys(p, out.add_mappings(p))
+        _add_samples(p, factor, locations, samples, len(types))
+    out.write_samples(samples)
+    return out.to_gzip()
+
+
+def _value_type(p: pb.Profile, v: pb.ValueType) -> tuple[str, str]:
+    return p.string_table[v.type], p.string_table[v.unit]
+
+
+def _compatible_types(profs: Sequence[pb.Profile]) -> list[tuple[str, str]]:
+    """The sample types of ``profs``, which must all have the same ones and the same
+    period type; else ValueError ``incompatible ...``."""
+    first = profs[0]
+    types = [_value_type(first, t) for t in first.sample_type]
+    for p in profs[1:]:
+        if _value_type(p, p.period_type) != _value_type(first, first.period_type):
+            raise ValueError("incompatible period types")
+        if [_value_type(p, t) for t in p.sample_type] != types:
+            raise ValueError("incompatible sample types")
+    return types
+
+
+def _location_keys(
+    p: pb.Profile, mapped: dict[int, tuple[int, int]]
+) -> dict[int, _LocationKey]:
+    """Each location id of ``p`` -> its content key, in the merged profile's mappings.
+
+    ``mapped``: source mapping id -> (merged mapping id, address shift).
+    """
+    st = p.string_table
+    funcs = {f.id: (st[f.name], st[f.system_name], st[f.filename], f.start_line)
+             for f in p.function}
+    locs: dict[int, _LocationKey] = {}
+    for loc in p.location:
+        mid, shift = mapped.get(loc.mapping_id, (0, 0))
+        lines = tuple((funcs.get(ln.function_id), ln.line, ln.column) for ln in loc.line)
+        locs[loc.id] = (mid, loc.address + shift, loc.is_folded, lines)
+    return locs
+
+
+def _add_samples(
+    p: pb.Profile,
+    factor: int,
+    locations: dict[int, _LocationKey],
+    samples: dict[_SampleKey, _MergedSample],
+    nvalues: int,
+) -> None:
+    """Add ``p``'s samples that have a non-zero value, scaled by ``factor``, to ``samples``."""
+    st = p.string_table
+    for smp in p.sample:
+        if not any(smp.value):
+            continue
+        labels = [(st[lb.key], st[lb.str], lb.num, st[lb.num_unit]) for lb in smp.label]
+        skey = (tuple(locations[i] for i in smp.location_id), tuple(sorted(labels)))
+        merged = samples.get(skey)
+        if merged is None:
+            merged = samples[skey] = _MergedSample([0] * nvalues, labels)
+        values = merged.values
+        for i, v in enumerate(smp.value):
+            values[i] += v * factor
+
+
+class _Merged:
+    """The merged profile being written: its message and what is in it, keyed by content."""
+
+    __slots__ = ("_functions", "_locations", "_mappings", "_strings", "profile")
+
+    def __init__(self) -> None:
+        self.profile = pb.Profile()
+        self._strings: dict[str, int] = {"": 0}
+        # (size, file offset, build id or file) -> (id, start)
+        self._mappings: dict[tuple[int, int, str], tuple[int, int]] = {}
+        self._functions: dict[_FunctionKey, int] = {}
+        self._locations: dict[_LocationKey, int] = {}
+
+    def s(self, text: str) -> int:
+        """The string-table index of ``text``, added on first use."""
+        return self._strings.setdefault(text, len(self._strings))
+
+    def combine_headers(
+        self, profs: Sequence[pb.Profile], types: Sequence[tuple[str, str]]
+    ) -> None:
+        """Go's combineHeaders (the caller has checked the types are compatible)."""
+        out, s, first = self.profile, self.s, profs[0]
+        for typ, unit in types:
+            out.sample_type.add(type=s(typ), unit=s(unit))
+        ptype = _value_type(first, first.period_type)
+        out.period_type.type, out.period_type.unit = s(ptype[0]), s(ptype[1])
+        out.period = max(p.period for p in profs)
+        out.time_nanos = min((p.time_nanos for p in profs if p.time_nanos), default=0)
+        out.duration_nanos = sum(p.duration_nanos for p in profs)
+        seen_comments: set[str] = set()
+        for p in profs:
+            for c in p.comment:
+                if p.string_table[c] not in seen_comments:
+                    seen_comments.add(p.string_table[c])
+                    out.comment.append(s(p.string_table[c]))
+            if not out.default_sample_type and p.default_sample_type:
+                out.default_sample_type = s(p.string_table[p.default_sample_type])
+        out.drop_frames = s(first.string_table[first.drop_frames])
+        out.keep_frames = s(first.string_table[first.keep_frames])
+
+    def add_mappings(self, p: pb.Profile) -> dict[int, tuple[int, int]]:
+        """Add ``p``'s new mappings; each of its mapping ids -> (merged id, address shift)."""
+        merged, st = self._mappings, p.string_table
+        mapped: dict[int, tuple[int, int]] = {}
         for m in p.mapping:
             size = -(-(m.memory_limit - m.memory_start) // 0x1000) * 0x1000
             mkey = (size, m.file_offset, st[m.build_id] or st[m.filename])
-            if mkey not in mappings:
-                new = out.mapping.add()
+            if mkey not in merged:
+                new = self.profile.mapping.add()
                 new.CopyFrom(m)
-                new.id = len(out.mapping)
-                new.filename, new.build_id = s(st[m.filename]), s(st[m.build_id])
-                mappings[mkey] = (new.id, m.memory_start)
-            mid, start = mappings[mkey]
+                new.id = len(self.profile.mapping)
+                new.filename, new.build_id = self.s(st[m.filename]), self.s(st[m.build_id])
+                merged[mkey] = (new.id, m.memory_start)
+            mid, start = merged[mkey]
             mapped[m.id] = (mid, start - m.memory_start)
-        funcs = {f.id: (st[f.name], st[f.system_name], st[f.filename], f.start_line)
-                 for f in p.function}
-        locs: dict[int, lkey_t] = {}
-        for loc in p.location:
-            mid, shift = mapped.get(loc.mapping_id, (0, 0))
-            lines = tuple((funcs.get(ln.function_id), ln.line, ln.column) for ln in loc.line)
-            locs[loc.id] = (mid, loc.address + shift, loc.is_folded, lines)
-        for smp in p.sample:
-            if not any(smp.value):
+        return mapped
+
+    def write_samples(self, samples: dict[_SampleKey, _MergedSample]) -> None:
+        """Write the samples whose values are not all zero, and what they use."""
+        s = self.s
+        for (locations, _), (values, labels) in samples.items():
+            if not any(values):
                 continue
-            labels = [(st[lb.key], st[lb.str], lb.num, st[lb.num_unit]) for lb in smp.label]
-            skey = (tuple(locs[i] for i in smp.location_id), tuple(sorted(labels)))
-            values = samples.setdefault(skey, [0] * len(types))
-            sample_labels.setdefault(skey, labels)
-            for i, v in enumerate(smp.value):
-                values[i] += v * factor
-    functions: dict[fkey_t, int] = {}
-    locations: dict[lkey_t, int] = {}
-    for skey, values in samples.items():
-        if not any(values):
-            continue
-        ids = []
-        for lkey in skey[0]:
-            if lkey not in locations:
-                mid, address, folded, lines = lkey
-                locations[lkey] = len(locations) + 1
-                new_loc = out.location.add(
-                    id=len(locations), mapping_id=mid, address=address, is_folded=folded
-                )
-                for fkey, line, column in lines:
-                    if fkey is not None and fkey not in functions:
-                        functions[fkey] = len(functions) + 1
-                        name, system_name, filename, start_line = fkey
-                        out.function.add(
-                            id=len(functions), name=s(name), system_name=s(system_name),
-                            filename=s(filename), start_line=start_line,
-                        )
-                    fid = 0 if fkey is None else functions[fkey]
-                    new_loc.line.add(function_id=fid, line=line, column=column)
-            ids.append(locations[lkey])
-        new_smp = out.sample.add(location_id=ids, value=values)
-        for key, text, num, unit in sample_labels[skey]:
-            lab = new_smp.label.add(key=s(key))
-            if text:
-                lab.str = s(text)
-            else:
-                lab.num, lab.num_unit = num, s(unit) if unit else 0
-    out.string_table.extend(strings)
-    return gzip_bytes(out.SerializeToString())
+            ids = [self._location_id(lkey) for lkey in locations]
+            new_smp = self.profile.sample.add(location_id=ids, value=values)
+            for key, text, num, unit in labels:
+                lab = new_smp.label.add(key=s(key))
+                if text:
+                    lab.str = s(text)
+                else:
+                    lab.num, lab.num_unit = num, s(unit) if unit else 0
+
+    def _location_id(self, lkey: _LocationKey) -> int:
+        lid = self._locations.get(lkey)
+        if lid is None:
+            mid, address, folded, lines = lkey
+            lid = self._locations[lkey] = len(self._locations) + 1
+            new_loc = self.profile.location.add(
+                id=lid, mapping_id=mid, address=address, is_folded=folded
+            )
+            for fkey, line, column in lines:
+                fid = 0 if fkey is None else self._function_id(fkey)
+                new_loc.line.add(function_id=fid, line=line, column=column)
+        return lid
+
+    def _function_id(self, fkey: _FunctionKey) -> int:
+        fid = self._functions.get(fkey)
+        if fid is None:
+            fid = self._functions[fkey] = len(self._functions) + 1
+            name, system_name, filename, start_line = fkey
+            self.profile.function.add(
+                id=fid, name=self.s(name), system_name=self.s(system_name),
+                filename=self.s(filename), start_line=start_line,
+            )
+        return fid
+
+    def to_gzip(self) -> bytes:
+        """The merged profile, its string table filled in, gzipped."""
+        self.profile.string_table.extend(self._strings)
+        return gzip_bytes(self.profile.SerializeToString())
 
 
 # --- Reading (used by ``python -m pyproperf top``) ---------------------------

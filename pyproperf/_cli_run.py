@@ -11,10 +11,14 @@ does.  As at interpreter exit (through the same ``threading._shutdown``),
 threading's exit hooks run and non-daemon threads are waited for before
 the profile is closed; Ctrl-C during that wait is reported and ignored.
 
-The CPU profile is a ``cpu_profile`` section, not ``start_cpu_profile``,
-so the program itself (and ``/debug/pprof/profile`` under ``--http``) can
-still call ``start_cpu_profile``.  Files are written whole (``_io.write_file``),
-also when the program raises or is interrupted.
+The CPU profile is collected as a ``cpu_profile`` section's is, not in
+``start_cpu_profile``'s slot, so the program itself (and
+``/debug/pprof/profile`` under ``--http``) can still call
+``start_cpu_profile``.  Launcher frames never enter a profile
+(``_stacks.set_launcher_files``), and the summaries printed at the end
+come from what was encoded, without reading the files back.  Files are
+written whole (``_io.write_file``), also when the program raises or is
+interrupted.
 """
 
 from __future__ import annotations
@@ -39,13 +43,10 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any, cast
 
-import pyproperf
-from pyproperf import _io, _own, _stacks
-from pyproperf._builder import decode
+from pyproperf import _heap, _io, _own, _stacks
+from pyproperf._sampler import Built, Collector, engine
 
 __all__ = ["Options", "UsageError", "check_output_path", "run"]
-
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class UsageError(Exception):
@@ -80,13 +81,8 @@ def check_output_path(path: str) -> str:
     return ""
 
 
-def run(options: Options, target: str, args: Sequence[str], *, module: bool) -> int:
-    """Run ``target`` (a script path, or a module name if ``module``) profiled; its exit status.
-
-    Raises the program's ``SystemExit`` and ``KeyboardInterrupt`` again
-    after the profile is written, so Python ends the process as it would
-    have without us.
-    """
+def _missing_target(target: str, module: bool) -> int:
+    """0 if ``target`` can be run; else Python's message for it, and Python's exit status."""
     if module:
         try:
             found = importlib.util.find_spec(target.partition(".")[0]) is not None
@@ -102,7 +98,19 @@ def run(options: Options, target: str, args: Sequence[str], *, module: bool) -> 
             file=sys.stderr,
         )
         return 2
+    return 0
 
+
+def run(options: Options, target: str, args: Sequence[str], *, module: bool) -> int:
+    """Run ``target`` (a script path, or a module name if ``module``) profiled; its exit status.
+
+    Raises the program's ``SystemExit`` and ``KeyboardInterrupt`` again
+    after the profile is written, so Python ends the process as it would
+    have without us.
+    """
+    missing = _missing_target(target, module)
+    if missing:
+        return missing
     if options.heap is not None:
         import greenlet  # noqa: F401 -- now, so its import is not in the heap profile
     heap = _start_heap() if options.heap is not None else None
@@ -115,17 +123,18 @@ def run(options: Options, target: str, args: Sequence[str], *, module: bool) -> 
     # Absolute now: the program may chdir.
     cpu_path = os.path.abspath(options.output)
     heap_path = os.path.abspath(options.heap) if options.heap is not None else ""
-    cpu_buffer = io.BytesIO()
-    section = pyproperf.cpu_profile(cpu_buffer, hz=options.hz, clock=options.clock)
     pid = os.getpid()
     launcher = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    viewer = _viewer_command(launcher)
     # Every profile of this process (the files, --http's endpoints) starts
     # its stacks at the program, without runpy's and our frames.
     _stacks.set_launcher_files(
         f for f in ("<frozen runpy>", getattr(runpy, "__file__", None), launcher) if f
     )
     _prepare_sys(target, args, module)
-    section.__enter__()
+    # What ``with cpu_profile(...)`` does, keeping the totals for the summary.
+    collector = Collector(options.hz, options.clock)
+    engine.add(collector)
     ours = set(threading.enumerate())
     started = time.monotonic()
 
@@ -140,28 +149,27 @@ def run(options: Options, target: str, args: Sequence[str], *, module: bool) -> 
     with held:
         elapsed = time.monotonic() - started
         # The heap first: it stops tracemalloc, so the rest is not traced.
-        heap_data = heap() if heap is not None else b""
-        section.__exit__(None, None, None)
+        heap_written = heap() if heap is not None else None
+        engine.remove(collector)
+        cpu = collector.build_counted()
         if server is not None:
             server.stop()
-        cpu = cpu_buffer.getvalue()
-        ok = _deliver(cpu_path, options.output, cpu, _cpu_summary, elapsed)
+        summary = _cpu_summary(cpu, collector.clock, elapsed)
+        ok = _deliver(cpu_path, options.output, cpu.data, summary)
         if heap is not None and ok:
             _say(
                 f"note: {options.output} includes tracemalloc's cost: --heap traces every "
                 "allocation, which makes allocating code look slower than it is; profile "
                 "CPU without --heap for true proportions"
             )
-        if heap is not None:
-            ok = _deliver(heap_path, options.heap or "", heap_data, _heap_summary, elapsed) and ok
+        if heap_written is not None:
+            shown, summary = options.heap or "", _heap_summary(heap_written)
+            ok = _deliver(heap_path, shown, heap_written.data, summary) and ok
     if held.interrupted and failure is None:
         failure = KeyboardInterrupt()
     if ok:
-        _say(
-            "view it with: python -m pyproperf top "
-            f"{shlex.quote(options.output)}  (or: go tool pprof -http=: "
-            f"{shlex.quote(options.output)})"
-        )
+        quoted = shlex.quote(options.output)
+        _say(f"view it with: {viewer} top {quoted}  (or: go tool pprof -http=: {quoted})")
     status = _outcome(failure, print_traceback=False)
     return status if ok or status else 1
 
@@ -186,7 +194,7 @@ def _prepare_sys(target: str, args: Sequence[str], module: bool) -> None:
     else:
         sys.path.append(path0)
     # Running from a source checkout: keep pyproperf importable for its lazy imports.
-    source_root = os.path.realpath(os.path.dirname(_PACKAGE_DIR.rstrip(os.sep)))
+    source_root = os.path.realpath(os.path.dirname(_stacks.PACKAGE_DIR.rstrip(os.sep)))
     if previous and os.path.realpath(previous) == source_root and previous not in sys.path:
         sys.path.append(previous)
 
@@ -386,7 +394,7 @@ class _HoldInterrupts:
 # --- heap and http (optional) --------------------------------------------------
 
 
-def _start_heap() -> Callable[[], bytes]:
+def _start_heap() -> Callable[[], _heap.Written]:
     """Start tracing allocations; the returned function writes, stops, and returns the profile.
 
     The profile is ``allocs`` (the heap data with ``alloc_space`` as the
@@ -394,11 +402,9 @@ def _start_heap() -> Callable[[], bytes]:
     allocated says more than what is still live (``--sample-index
     inuse_space`` shows that).
     """
-    from pyproperf import _heap
-
     _heap.start_heap_profile()
 
-    def finish() -> bytes:
+    def finish() -> _heap.Written:
         return _heap.render_and_stop()
 
     return finish
@@ -425,40 +431,36 @@ def _say(text: str) -> None:
         pass
 
 
-def _deliver(
-    path: str, shown: str, data: bytes, summary: Callable[[bytes, float], str], elapsed: float
-) -> bool:
+def _deliver(path: str, shown: str, data: bytes, summary: str) -> bool:
     """Write ``data`` to ``path`` whole and say so (naming it ``shown``); False on failure."""
     try:
         _io.write_file(path, data)
     except OSError as exc:
         _say(f"could not write {shown}: {exc}")
         return False
-    _say(f"wrote {shown} ({summary(data, elapsed)})")
+    _say(f"wrote {shown} ({summary})")
     return True
 
 
-def _cpu_summary(data: bytes, elapsed: float) -> str:
-    profile = decode(data)
-    st = profile.string_table
-    types_ = [st[t.type] for t in profile.sample_type]
-    seconds = (profile.duration_nanos / 1e9) if profile.duration_nanos else elapsed
-    samples = sum(s.value[0] for s in profile.sample) if types_[:1] == ["samples"] else 0
-    text = f"{seconds:.2f} s, {samples} sample{'' if samples == 1 else 's'}"
-    if len(types_) > 1:
-        sampled = sum(s.value[1] for s in profile.sample) / 1e9
-        text += f", {sampled:.2f} s {types_[1]}"
-    return text
+def _cpu_summary(cpu: Built, clock: str, elapsed: float) -> str:
+    seconds = cpu.duration_ns / 1e9 if cpu.duration_ns else elapsed
+    text = f"{seconds:.2f} s, {cpu.samples} sample{'' if cpu.samples == 1 else 's'}"
+    return f"{text}, {cpu.nanos / 1e9:.2f} s {clock}"
 
 
-def _heap_summary(data: bytes, elapsed: float) -> str:
-    profile = decode(data)
-    st = profile.string_table
-    types_ = [st[t.type] for t in profile.sample_type]
-    text = f"{len(profile.sample)} stacks"
-    if "inuse_space" in types_:
-        i = types_.index("inuse_space")
-        from pyproperf._top import scaled_label
+def _heap_summary(heap: _heap.Written) -> str:
+    from pyproperf._top import scaled_label
 
-        text += f", {scaled_label(sum(s.value[i] for s in profile.sample), 'bytes')} in use"
-    return text
+    return f"{heap.stacks} stacks, {scaled_label(heap.inuse_bytes, 'bytes')} in use"
+
+
+def _viewer_command(launcher: str) -> str:
+    """The shell command that runs ``pyproperf`` as now, in any shell (no venv activated).
+
+    The ``pyproperf`` console script by its absolute path if it is what
+    runs; else this interpreter with ``-m pyproperf``.
+    """
+    name = os.path.basename(launcher)
+    if name == "pyproperf" and not launcher.startswith(_stacks.PACKAGE_DIR):
+        return shlex.quote(launcher)
+    return f"{shlex.quote(sys.executable or 'python')} -m pyproperf"

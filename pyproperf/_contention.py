@@ -44,18 +44,30 @@ __all__ = [
 NAMES = ("block", "mutex")
 
 _config_lock = _thread.allocate_lock()
-_installed = False
-_saved_lock: Any = None  # threading.Lock before we replaced it
-_hook_set = False  # waiting for asyncio's import (_hooks.after_import)
-_threading_wrapped = False
-_asyncio_wrapped = False
 
 # Each wrap and unwrap modifies threading.Condition, threading.Thread and
 # asyncio's classes, and Python 3.13 stops specializing code on a class
 # modified about a thousand times.  After this many on/off cycles the
 # wrappers stay (doing nothing while both profiles are off).
 MAX_UNWRAPS = 250
-_unwraps = 0
+
+
+class _Instrumentation:
+    """What is installed, and what to undo; changed only under ``_config_lock``."""
+
+    __slots__ = ("asyncio_wrapped", "hook_set", "installed", "saved_lock",
+                 "threading_wrapped", "unwraps")
+
+    def __init__(self) -> None:
+        self.installed = False
+        self.saved_lock: Any = None  # threading.Lock before we replaced it
+        self.hook_set = False  # waiting for asyncio's import (_hooks.after_import)
+        self.threading_wrapped = False
+        self.asyncio_wrapped = False
+        self.unwraps = 0  # wrappers taken out so far (at most MAX_UNWRAPS times)
+
+
+_instr = _Instrumentation()
 
 
 def _check_rate(rate: object, what: str) -> int:
@@ -117,9 +129,9 @@ def set_mutex_profile_fraction(rate: int) -> int:
 
 def _reconfigure() -> None:
     on = _st.block_rate > 0 or _st.mutex_rate > 0
-    if on and not _installed:
+    if on and not _instr.installed:
         _install()
-    elif not on and _installed:
+    elif not on and _instr.installed:
         _uninstall()
 
 
@@ -132,7 +144,6 @@ def _gevent_patched() -> bool:
 
 
 def _install() -> None:
-    global _installed, _saved_lock, _hook_set, _threading_wrapped
     import threading
 
     # Loaded on first use, so that ``import pyproperf`` stays light.
@@ -142,63 +153,60 @@ def _install() -> None:
     if not _gevent_patched():
         # Under gevent, threading's locks are gevent's: leave them alone.
         if threading.Lock in (_thread.allocate_lock, getattr(_thread, "LockType", None)):
-            _saved_lock = threading.Lock
+            _instr.saved_lock = threading.Lock
             threading.Lock = _locks.Lock  # type: ignore[assignment]
         if getattr(threading, "_CRLock", None) is _thread.RLock:
             threading._CRLock = _locks.RLock  # type: ignore[attr-defined]
-    if not _threading_wrapped:
+    if not _instr.threading_wrapped:
         _waits.install_threading()
-        _threading_wrapped = True
-    if not _asyncio_wrapped:
+        _instr.threading_wrapped = True
+    if not _instr.asyncio_wrapped:
         asyncio = sys.modules.get("asyncio")
         if asyncio is not None and hasattr(asyncio, "queues") and hasattr(asyncio, "locks"):
             _wrap_asyncio(asyncio)
-        elif asyncio is None and not _hook_set:
-            _hook_set = True
+        elif asyncio is None and not _instr.hook_set:
+            _instr.hook_set = True
             _hooks.after_import("asyncio", _asyncio_loaded)
-    _installed = True
+    _instr.installed = True
 
 
 def _wrap_asyncio(asyncio: ModuleType) -> None:
-    global _asyncio_wrapped
     from pyproperf import _contention_waits as _waits
 
     _waits.install_asyncio(asyncio)
-    _asyncio_wrapped = True
+    _instr.asyncio_wrapped = True
 
 
 def _asyncio_loaded(asyncio: ModuleType) -> None:
     with _config_lock:
         _remove_hook()
-        if _installed and not _asyncio_wrapped:
+        if _instr.installed and not _instr.asyncio_wrapped:
             _wrap_asyncio(asyncio)
 
 
 def _remove_hook() -> None:
-    global _hook_set
-    if _hook_set:
+    if _instr.hook_set:
         _hooks.cancel_import_hook("asyncio", _asyncio_loaded)
-        _hook_set = False
+        _instr.hook_set = False
 
 
 def _uninstall() -> None:
-    global _installed, _saved_lock, _unwraps, _threading_wrapped, _asyncio_wrapped
     import threading
 
     from pyproperf import _contention_locks as _locks
     from pyproperf import _contention_waits as _waits
 
-    if _saved_lock is not None and threading.Lock is _locks.Lock:  # type: ignore[comparison-overlap]
-        threading.Lock = _saved_lock
-    _saved_lock = None
+    if _instr.saved_lock is not None and threading.Lock is _locks.Lock:  # type: ignore[comparison-overlap]
+        threading.Lock = _instr.saved_lock
+    _instr.saved_lock = None
     if getattr(threading, "_CRLock", None) is _locks.RLock:
         threading._CRLock = _thread.RLock  # type: ignore[attr-defined]
     _remove_hook()
-    if _unwraps < MAX_UNWRAPS:
-        _unwraps += 1
+    if _instr.unwraps < MAX_UNWRAPS:
+        _instr.unwraps += 1
         _waits.uninstall()
-        _threading_wrapped = _asyncio_wrapped = False
-    _installed = False
+        _instr.threading_wrapped = _instr.asyncio_wrapped = False
+    _instr.installed = False
 
 
 # -- what the registry reads --------------------------------------------------------

@@ -189,7 +189,9 @@ def reset() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _records_lock, epoch
+    # Module globals, not a state object: the instrumented locks read ``epoch`` on their
+    # hot paths (Waiter(), charge()), where an attribute lookup more would cost.
+    global _records_lock, epoch  # noqa: PLW0603 - a fork child's fresh lock and epoch
     _records_lock = _thread.allocate_lock()
     epoch += 1
     scope.active = False

@@ -34,15 +34,25 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 # -- Go's API ---------------------------------------------------------------------------
 
-_go_lock = threading.Lock()
-_go_profile: tuple[Collector, _io.BinaryWriter] | None = None
+
+class _Slot:
+    """Go's one CPU-profile slot: ``profile``, the running one's collector and writer
+    (None when none runs), guarded by ``lock``."""
+
+    __slots__ = ("lock", "profile")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.profile: tuple[Collector, _io.BinaryWriter] | None = None
+
+
+_go = _Slot()
 
 
 def _after_fork_in_child() -> None:
     """A forked child profiles nothing until it asks: the parent's profiles stay the parent's."""
-    global _go_lock, _go_profile
-    _go_lock = threading.Lock()
-    _go_profile = None
+    _go.lock = threading.Lock()  # a thread of the parent may have held it
+    _go.profile = None
 
 
 _hooks.at_fork_child(_after_fork_in_child)
@@ -82,15 +92,14 @@ def start_owned_cpu_profile(
     HTTP ``/profile`` endpoint): stopping with the token never stops a
     profile somebody else started in the meantime.
     """
-    global _go_profile
     hz, clock = _check_options(hz, clock)
     _io.check_writer(w)
-    with _go_lock:
-        if _go_profile is not None:
+    with _go.lock:
+        if _go.profile is not None:
             raise RuntimeError("cpu profiling already in use")
         collector = Collector(hz, clock)
         engine.add(collector)
-        _go_profile = (collector, w)
+        _go.profile = (collector, w)
     return collector
 
 
@@ -106,12 +115,11 @@ def stop_cpu_profile() -> None:
 
 def stop_owned_cpu_profile(token: object | None) -> bool:
     """Stop and write the running profile if ``token`` started it (any, for None)."""
-    global _go_profile
-    with _go_lock:
-        if _go_profile is None or (token is not None and _go_profile[0] is not token):
+    with _go.lock:
+        if _go.profile is None or (token is not None and _go.profile[0] is not token):
             return False
-        collector, w = _go_profile
-        _go_profile = None
+        collector, w = _go.profile
+        _go.profile = None
         engine.remove(collector)
     _io.write_all(w, collector.build())
     return True
@@ -276,9 +284,8 @@ _hooks.at_exit(_at_exit)
 
 def stop_cpu_profile_quietly() -> None:
     """At exit: stop a forgotten ``start_cpu_profile`` so the handler is restored."""
-    global _go_profile
-    with _go_lock:
-        if _go_profile is not None:
-            collector, _ = _go_profile
-            _go_profile = None
+    with _go.lock:
+        if _go.profile is not None:
+            collector, _ = _go.profile
+            _go.profile = None
             engine.remove(collector)

@@ -36,14 +36,14 @@ import sys
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from types import CodeType, FrameType
 from typing import Any, NamedTuple
 
 from pyproperf import _goroutine_tasks, _hooks, _labels, _stacks, _text
 from pyproperf._builder import Frame
 from pyproperf._labels import LabelSet
-from pyproperf._stacks import MAX_DEPTH, Resolver, StackKey
+from pyproperf._stacks import Resolver, StackKey
 
 __all__ = ["count", "render", "snapshot"]
 
@@ -115,11 +115,8 @@ def _current_thread_uid() -> int:
 
 def _started(thread: threading.Thread, caller: FrameType | None) -> None:
     """Record the stack that started ``thread`` (pyproperf's threadcreate)."""
-    frame = caller
-    while frame is not None and _stacks.is_own_code(frame.f_code):
-        frame = frame.f_back  # other pyproperf wrappers of Thread.start
-    key = _stacks.stack_key(frame)
-    global _tc_total
+    key = _stacks.stack_key(caller, skip_own=True)  # past other pyproperf wrappers of start
+    global _tc_total  # noqa: PLW0603 - a counter updated under _tc_lock, read by count()
     parent = _current_thread_uid()
     ikey = (tuple(map(id, key[::2])), key[1::2])
     with _tc_lock:
@@ -260,37 +257,7 @@ class Unit(NamedTuple):
 
 def _no_set(ls: LabelSet | None) -> LabelSet | None:
     """None for the labels module's "no label set" marker."""
-    return None if ls is None or ls is getattr(_labels, "EMPTY", None) else ls
-
-
-def _labels_in(frames: Iterator[FrameType] | Sequence[FrameType]) -> LabelSet | None:
-    """Labels registered on the innermost frame that has some (when the labels
-    module cannot say for a greenlet or task itself)."""
-    registry = _labels.frame_labels
-    if not registry:
-        return None
-    for f in frames:
-        found = registry.get(f)
-        if found is not None:
-            return _no_set(found)
-    return None
-
-
-def _walk(frame: FrameType | None) -> Iterator[FrameType]:
-    while frame is not None:
-        yield frame
-        frame = frame.f_back
-
-
-def _key_of_frames(frames: Sequence[FrameType]) -> StackKey:
-    """Stack key of frames given leaf first, cut at MAX_DEPTH like ``stack_key``."""
-    out: list[object] = []
-    for depth, f in enumerate(frames):
-        if depth == MAX_DEPTH:
-            out += (None, 0)
-            break
-        out += (f.f_code, f.f_lasti)
-    return tuple(out)
+    return None if ls is None or ls is _labels.EMPTY else ls
 
 
 # Leaf functions that mean a thread is blocked waiting (a C call below them).
@@ -378,7 +345,6 @@ _BOOTSTRAP = threading.Thread._bootstrap.__code__  # type: ignore[attr-defined]
 
 
 def _greenlets_units(units: list[Unit]) -> None:
-    labels_of = getattr(_labels, "labels_of_greenlet", None)
     for g in _greenlets.live():
         frame = g.gr_frame
         state = "suspended"
@@ -391,16 +357,18 @@ def _greenlets_units(units: list[Unit]) -> None:
             if code is None:
                 continue
             key: StackKey = (code, -1)
-            labels = _no_set(labels_of(g)) if labels_of is not None else None
+            labels = _no_set(_labels.labels_of_greenlet(g))
             state = "runnable"
         else:
-            frames = list(_walk(frame))
-            key = _key_of_frames(frames)
+            key = _stacks.stack_key(frame)
             if key and not _stacks.strip_launcher_root(key):
                 continue  # ``run``'s launcher, waiting for the program's greenlet
-            labels = _no_set(labels_of(g)) if labels_of is not None else _labels_in(frames)
-            if frames[-1].f_code is _BOOTSTRAP:  # a monkey-patched "thread"
-                thread = frames[-1].f_locals.get("self")
+            labels = _no_set(_labels.labels_of_greenlet(g))
+            root = frame
+            while root.f_back is not None:
+                root = root.f_back
+            if root.f_code is _BOOTSTRAP:  # a monkey-patched "thread"
+                thread = root.f_locals.get("self")
                 if isinstance(thread, threading.Thread):
                     units.append(Unit("greenlet", thread.name, state, key, labels, g, 0, False))
                     continue
@@ -415,12 +383,10 @@ def _entry_code(fn: Any) -> CodeType | None:
 
 
 def _tasks_units(units: list[Unit], views: Iterator[_goroutine_tasks.TaskView]) -> None:
-    labels_of = getattr(_labels, "labels_of_task", None)
     for view in views:
-        frames = view.frames
-        labels = _no_set(labels_of(view.obj)) if labels_of is not None else _labels_in(frames)
-        units.append(Unit("task", view.name, view.state, _key_of_frames(frames), labels,
-                          view.obj, 0, False))
+        labels = _no_set(_labels.labels_of_task(view.obj))
+        key = _stacks.stack_key(None, frames=view.frames)
+        units.append(Unit("task", view.name, view.state, key, labels, view.obj, 0, False))
 
 
 def snapshot() -> list[Unit]:
@@ -512,7 +478,7 @@ _GEVENT_DIR = None
 
 
 def _is_spawn_machinery(code: Any) -> bool:
-    global _GEVENT_DIR
+    global _GEVENT_DIR  # noqa: PLW0603 - found once, when gevent is imported
     if not isinstance(code, CodeType):
         return False
     if _GEVENT_DIR is None:

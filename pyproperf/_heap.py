@@ -38,12 +38,12 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
 
 from pyproperf import _heap_names, _heap_render, _hooks, _io, _own
 from pyproperf._heap_names import Site
 from pyproperf._heap_render import Observation
-from pyproperf._stacks import Resolver
+from pyproperf._stacks import PACKAGE_DIR, Resolver
 
 __all__ = [
     "DEFAULT_NFRAMES",
@@ -81,7 +81,6 @@ _BUDGET = 0.02
 _MIN_INTERVAL = 0.5
 
 _NAMES = ("heap", "allocs")
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
 
 # (file, line) -> candidate functions, cached across profiles (tests and
@@ -306,7 +305,7 @@ def start_heap_profile(nframes: int = DEFAULT_NFRAMES) -> None:
     and is never stopped by pyproperf.  Calls nest: each needs its
     ``stop_heap_profile``, and only the outermost pair starts and stops.
     """
-    global _depth, _owns_tracemalloc, _acc
+    global _depth, _owns_tracemalloc, _acc  # noqa: PLW0603 - the one heap session of the process, under _state_lock
     nframes = _check_nframes(nframes)
     with _state_lock:
         fresh = not _tracemalloc.is_tracing()
@@ -322,7 +321,7 @@ def start_heap_profile(nframes: int = DEFAULT_NFRAMES) -> None:
 
 def _start_sampler(fresh: bool = False) -> None:
     """Start the snapshot thread (``fresh``: tracemalloc was just started, the heap is empty)."""
-    global _sampler
+    global _sampler  # noqa: PLW0603 - the one heap session of the process, under _state_lock
     sampler = _Sampler(fresh)
     sampler.start()
     _sampler = sampler
@@ -335,7 +334,7 @@ def stop_heap_profile() -> None:
     tracemalloc if pyproperf started it.  Without an active session it does
     nothing, as Go's ``StopCPUProfile``.
     """
-    global _depth, _owns_tracemalloc, _acc, _sampler, _sampler_error
+    global _depth, _owns_tracemalloc, _acc, _sampler, _sampler_error  # noqa: PLW0603 - the one heap session of the process, under _state_lock
     with _state_lock:
         if _depth == 0:
             return
@@ -468,7 +467,15 @@ def render(name: str, debug: int) -> bytes:
         return _encode(name, debug, data, comments, interval)
 
 
-def render_and_stop() -> bytes:
+class Written(NamedTuple):
+    """An encoded heap profile and what it holds, for a summary without decoding it."""
+
+    data: bytes  # the gzipped profile
+    stacks: int  # its samples: one per allocation site
+    inuse_bytes: int  # the sum of its inuse_space values
+
+
+def render_and_stop() -> Written:
     """The session's last ``allocs`` and ``heap`` profile (gzipped proto), then stop it.
 
     The snapshot is taken while tracing; the session is stopped (and with
@@ -484,7 +491,8 @@ def render_and_stop() -> bytes:
             data, comments, interval = _observe_for_render("allocs")
     finally:
         stop_heap_profile()
-    return _encode("allocs", 0, data, comments, interval)
+    encoded = _encode("allocs", 0, data, comments, interval)
+    return Written(encoded, len(data.records), sum(r[4] for r in data.records))
 
 
 def _observe_for_render(name: str) -> tuple[Observation, list[str], float]:
@@ -548,7 +556,7 @@ def _warn(message: str) -> None:
     """Warn at the first caller outside pyproperf."""
     frame = sys._getframe()
     level = 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while frame is not None and frame.f_code.co_filename.startswith(PACKAGE_DIR):
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     warnings.warn(message, RuntimeWarning, stacklevel=level)
@@ -591,7 +599,7 @@ def _start_from_environment() -> None:
 
 def _stop_sampler_at_exit() -> None:
     """Do not leave the snapshot thread running into interpreter finalization."""
-    global _sampler, _sampler_error
+    global _sampler, _sampler_error  # noqa: PLW0603 - the one heap session of the process, under _state_lock
     with _state_lock:
         sampler, _sampler = _sampler, None
         if sampler is not None:
@@ -601,7 +609,7 @@ def _stop_sampler_at_exit() -> None:
 
 def _after_fork_child() -> None:
     """In a forked child: fresh locks (a thread may have held them), no snapshot thread."""
-    global _state_lock, _data_lock, _sampler
+    global _state_lock, _data_lock, _sampler  # noqa: PLW0603 - a forked child replaces the locks a vanished thread may hold
     _state_lock = threading.RLock()
     _data_lock = threading.RLock()
     _sampler = None  # restarted by the next count/render in the child

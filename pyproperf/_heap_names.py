@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from pyproperf import _own, _stacks
 from pyproperf._builder import Frame
-from pyproperf._stacks import TRUNCATED, Resolver
+from pyproperf._stacks import PACKAGE_DIR, TRUNCATED, Resolver
 
 __all__ = ["Site", "Stacks", "allocated_by_profiler", "index", "resolve_stacks"]
 
@@ -36,7 +36,6 @@ __all__ = ["Site", "Stacks", "allocated_by_profiler", "index", "resolve_stacks"]
 # snapshot finds itself in the accumulator.
 Site = tuple[Any, ...]
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _CO_OPTIMIZED = 0x1
 _NO_PYTHON_FRAME = Frame("(no Python frame)", "<unknown>", 0, 0)
 
@@ -416,7 +415,7 @@ class Stacks(NamedTuple):
     stacks: list[list[int]]  # per site: indexes into frames, leaf first
 
 
-def resolve_stacks(sites: Iterable[tuple[Site, bool]], resolver: Resolver) -> Stacks:
+def resolve_stacks(sites: Iterable[tuple[Site, bool]], resolver: Resolver) -> Stacks:  # noqa: PLR0912 - one pass over every site: the heap writer's hot loop
     """Resolve each site's traceback to frames, leaf first.
 
     pyproperf's own frames are dropped where they wrap user code
@@ -570,7 +569,7 @@ def _stdlib_dir() -> str:
 
 def _file_kind(filename: str) -> int:
     """pyproperf's own file, the standard library (or a ``<...>`` name), or user code."""
-    if filename.startswith(_PACKAGE_DIR):
+    if filename.startswith(PACKAGE_DIR):
         return _OWN
     if filename.startswith("<"):
         return _STDLIB

@@ -133,7 +133,7 @@ def on_thread_run(
 
 
 def _wrap_threads() -> None:
-    global _threads_wrapped, bootstrap_code
+    global _threads_wrapped, bootstrap_code  # noqa: PLW0603 - a one-shot install, published
     if _threads_wrapped:
         return
     _threads_wrapped = True

@@ -364,7 +364,9 @@ def _numbers(data: bytes, start: int, end: int) -> int:
     return len(data[start:end].translate(None, _HIGH_BYTES))
 
 
-def _walk_profile(data: bytes, limits: Limits) -> None:
+def _walk_profile(  # noqa: PLR0912 - a wire-format walker's hot loop, read inline
+    data: bytes, limits: Limits
+) -> None:
     """Walk the Profile's fields, and those of its samples and locations, counting them.
 
     The hot loop of ``top`` on hostile files: tags of one byte and values of
@@ -412,7 +414,7 @@ def _walk_profile(data: bytes, limits: Limits) -> None:
                 raise _End("truncated data")
 
 
-def _walk_nested(
+def _walk_nested(  # noqa: PLR0912 - a wire-format walker's hot loop, read inline
     data: bytes, pos: int, end: int, kind: _Kind, fields: int, numbers: int, limits: Limits
 ) -> tuple[int, int]:
     """Walk one sample's or location's fields in ``data[pos:end]``: the new counts."""

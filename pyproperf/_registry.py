@@ -1,37 +1,30 @@
 """Named profiles: Go's ``Lookup``/``NewProfile``/``Profiles`` and ``Profile``.
 
 Built-in profiles are ordinary ``Profile`` objects whose count and output
-come from a source module, imported the first time they are needed (so the
-sources never import the registry):
+come from a source module (the sources never import the registry):
 
 * ``goroutine``, ``threadcreate``: ``pyproperf._goroutine``
 * ``heap``, ``allocs``: ``pyproperf._heap``
 * ``block``, ``mutex``: ``pyproperf._contention``
 
 Each source has ``count(name) -> int`` and ``render(name, debug) -> bytes``.
-A source that is not there (yet) gives an empty profile of the right type.
 
 Custom profiles keep ``value -> stack`` and write a count profile.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import threading
 from collections import Counter
-from types import ModuleType
-from typing import Protocol, cast
+from typing import Protocol
 
-# _goroutine is light (it never imports asyncio or greenlet) and loads with
-# pyproperf: its threadcreate hook records threads from import on.
-from pyproperf import (
-    _goroutine,  # noqa: F401
-    _io,
-    _text,
-)
-from pyproperf._builder import Frame, ProfileBuilder
+# The sources are light (_goroutine never imports asyncio or greenlet) and
+# load with pyproperf: _goroutine's threadcreate hook records threads from
+# import on.
+from pyproperf import _contention, _goroutine, _heap, _io, _text
+from pyproperf._builder import Frame
 from pyproperf._stacks import Resolver, StackKey, stack_key
 
 __all__ = [
@@ -46,15 +39,6 @@ __all__ = [
 # Go's Profile.Add keeps at most 32 frames; a deeper stack keeps its
 # innermost 32 and ends in a "(truncated stack)" frame.
 CUSTOM_STACK_DEPTH = 32
-
-_SOURCES = {
-    "goroutine": "pyproperf._goroutine",
-    "threadcreate": "pyproperf._goroutine",
-    "heap": "pyproperf._heap",
-    "allocs": "pyproperf._heap",
-    "block": "pyproperf._contention",
-    "mutex": "pyproperf._contention",
-}
 
 
 class _Source(Protocol):
@@ -86,7 +70,7 @@ class Profile:
 
     __slots__ = ("__weakref__", "_lock", "_name", "_source", "_values")
 
-    def __init__(self, name: str, source: str | None = None, *, _token: object = None) -> None:
+    def __init__(self, name: str, source: _Source | None = None, *, _token: object = None) -> None:
         if _token is not _CONSTRUCT:
             raise TypeError("use pyproperf.new_profile(name) or pyproperf.lookup(name)")
         self._name = name
@@ -109,8 +93,7 @@ class Profile:
         custom: values currently added.
         """
         if self._source is not None:
-            source = _load(self._source)
-            return 0 if source is None else source.count(self._name)
+            return self._source.count(self._name)
         with self._lock:
             return len(self._values)
 
@@ -176,10 +159,7 @@ class Profile:
     def render(self, debug: int = 0) -> bytes:
         """The bytes ``write_to(w, debug)`` writes (pyproperf only; not in Go)."""
         if self._source is not None:
-            source = _load(self._source)
-            if source is None:
-                return _empty_builtin(self._name, debug)
-            return source.render(self._name, debug)
+            return self._source.render(self._name, debug)
         with self._lock:
             stacks = list(self._values.values())
         resolver = Resolver()
@@ -209,60 +189,19 @@ def _check_hashable(value: object, what: str) -> None:
         ) from exc
 
 
-# -- sources of built-in profiles -----------------------------------------------------
-
-
-def _load(module_name: str) -> _Source | None:
-    """The source module, or None while it does not exist or lacks count/render."""
-    module: ModuleType | None = sys.modules.get(module_name)
-    if module is None:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise  # the module exists but something it imports does not
-            return None
-    if not (callable(getattr(module, "count", None)) and callable(getattr(module, "render", None))):
-        return None
-    return cast(_Source, module)
-
-
-def _empty_builtin(name: str, debug: int) -> bytes:
-    """An empty profile with ``name``'s sample types, for a source not yet there."""
-    if name in ("heap", "allocs"):
-        if debug != 0:
-            return b"heap profile: 0: 0 [0: 1] @ heap/1048576\n"
-        b = ProfileBuilder(
-            [
-                ("alloc_objects", "count"),
-                ("alloc_space", "bytes"),
-                ("inuse_objects", "count"),
-                ("inuse_space", "bytes"),
-            ],
-            period_type=("space", "bytes"),
-            period=524288,
-            default_sample_type="alloc_space" if name == "allocs" else "",
-        )
-        return b.to_gzip()
-    if name in ("block", "mutex"):
-        if debug > 0:
-            head = "--- contention:" if name == "block" else "--- mutex:"
-            extra = "" if name == "block" else "sampling period=0\n"
-            return f"{head}\ncycles/second=1000000000\n{extra}".encode()
-        b = ProfileBuilder(
-            [("contentions", "count"), ("delay", "nanoseconds")],
-            period_type=("contentions", "count"),
-            period=1,
-        )
-        return b.to_gzip()
-    return _text.render_count_profile(name, [], debug)
-
-
 # -- the registry --------------------------------------------------------------------
 
 _registry_lock = threading.Lock()
 _profiles: dict[str, Profile] = {
-    name: Profile(name, source, _token=_CONSTRUCT) for name, source in _SOURCES.items()
+    name: Profile(name, source, _token=_CONSTRUCT)
+    for name, source in (
+        ("goroutine", _goroutine),
+        ("threadcreate", _goroutine),
+        ("heap", _heap),
+        ("allocs", _heap),
+        ("block", _contention),
+        ("mutex", _contention),
+    )
 }
 
 

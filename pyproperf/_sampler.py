@@ -26,15 +26,16 @@ import sys
 import threading
 import time
 from types import CodeType, FrameType
+from typing import NamedTuple
 
-from pyproperf import _hooks, _labels, _stacks
+from pyproperf import _hooks, _stacks
 from pyproperf._builder import ProfileBuilder
 from pyproperf._estimate import INTERNAL_THREAD_PREFIX, Sighting, ThreadState, observe, settle
 from pyproperf._helper import HelperClock
 from pyproperf._labels import LabelSet
 from pyproperf._sigprof import SignalClock, thread_cpu_clock
 
-__all__ = ["CLOCKS", "INTERNAL_THREAD_PREFIX", "MAX_HZ", "Collector", "engine"]
+__all__ = ["CLOCKS", "INTERNAL_THREAD_PREFIX", "MAX_HZ", "Built", "Collector", "engine"]
 
 CLOCKS = ("cpu", "wall")
 MAX_HZ = 10_000
@@ -42,6 +43,15 @@ MAX_HZ = 10_000
 
 # Aggregation key: (stack key, labels, thread name) -> [samples, nanoseconds].
 _Key = tuple[_stacks.StackKey, "LabelSet | None", str]
+
+
+class Built(NamedTuple):
+    """An encoded profile and what it holds, for a summary without decoding it."""
+
+    data: bytes  # the gzipped profile
+    duration_ns: int  # its duration_nanos
+    samples: int  # the sum of its "samples" values
+    nanos: int  # the sum of its "cpu" or "wall" values
 
 
 class Collector:
@@ -91,6 +101,10 @@ class Collector:
 
     def build(self, agg: dict[_Key, list[int]] | None = None) -> bytes:
         """Encode the samples collected so far as a gzipped profile."""
+        return self.build_counted(agg).data
+
+    def build_counted(self, agg: dict[_Key, list[int]] | None = None) -> Built:
+        """``build``, with the totals of what it wrote."""
         agg = self.agg if agg is None else agg
         kind = self.clock
         period = 1_000_000_000 // self.hz
@@ -99,15 +113,17 @@ class Collector:
             if kind == "cpu"
             else "wall time of every thread, running or waiting"
         )
+        duration = self.duration_ns()
         builder = ProfileBuilder(
             [("samples", "count"), (kind, "nanoseconds")],
             period_type=(kind, "nanoseconds"),
             period=period,
             time_nanos=self.start_wall,
-            duration_nanos=self.duration_ns(),
+            duration_nanos=duration,
             comments=[f"pyproperf {kind} profile at {self.hz} Hz: values are the {what}"],
         )
         resolver = _stacks.Resolver()
+        total_count = total_nanos = 0
         for (key, labels, thread_name), (count, nanos) in agg.items():
             pairs: list[tuple[str, str]] = list(labels.pairs) if labels else []
             if thread_name and not any(k == "thread" for k, _ in pairs):
@@ -115,7 +131,9 @@ class Collector:
             if key and not _stacks.strip_launcher_root(key):
                 continue  # only ``run``'s launcher ran (compiling the program, exiting)
             builder.add_ids(resolver.location_ids(key, builder), [count, nanos], pairs)
-        return builder.to_gzip()
+            total_count += count
+            total_nanos += nanos
+        return Built(builder.to_gzip(), duration, total_count, total_nanos)
 
 
 class _Engine:
@@ -306,8 +324,6 @@ class _Engine:
                     return
                 gettime = time.clock_gettime_ns
                 sighting = _stacks.capture(frame, ident)
-                if sighting[1] is None:  # no registered frame: the interrupted code's context
-                    sighting = (sighting[0], _labels.context_labels())
                 others = self.want_wall
                 for other in list(self.states.values()):
                     if others:
@@ -453,8 +469,6 @@ class _Engine:
             except OSError:
                 return
             sighting = _stacks.capture(sys._getframe(1), ident)
-            if sighting[1] is None:
-                sighting = (sighting[0], _labels.context_labels())
             self._charge(collectors, st, sighting, False, used, now, final=True)
 
     def _forget_dead(self, frames: dict[int, FrameType], active: object) -> None:

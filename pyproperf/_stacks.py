@@ -14,7 +14,7 @@ import bisect
 import os
 import sys
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import CodeType, FrameType, ModuleType
 
 from pyproperf import _labels
@@ -22,6 +22,7 @@ from pyproperf._builder import Frame, ProfileBuilder
 
 __all__ = [
     "MAX_DEPTH",
+    "PACKAGE_DIR",
     "TRUNCATED",
     "UNSEEN",
     "Resolver",
@@ -57,7 +58,8 @@ class _Unseen:
 UNSEEN = _Unseen()
 UNSEEN_FRAME = Frame("(ran between samples)", "", 0, 0)
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# pyproperf's own directory, with a trailing separator: its files start with it.
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 # ``python -m pyproperf run`` runs the program under runpy and pyproperf's
 # runner, whose frames sit at the root of the main thread's stacks.  The
@@ -68,14 +70,14 @@ _launcher_files: frozenset[str] = frozenset()
 
 def set_launcher_files(files: Iterable[str]) -> None:
     """Name the files of the launcher running the program (pyproperf's own always count)."""
-    global _launcher_files
+    global _launcher_files  # noqa: PLW0603 - set once by `run`, read on every stack resolved
     _launcher_files = frozenset(files)
 
 
 def is_launcher_file(filename: str) -> bool:
     """Whether frames of ``filename`` at a stack's root belong to the launcher."""
     files = _launcher_files
-    return bool(files) and (filename in files or filename.startswith(_PACKAGE_DIR))
+    return bool(files) and (filename in files or filename.startswith(PACKAGE_DIR))
 
 
 def strip_launcher_root(key: StackKey) -> StackKey:
@@ -93,64 +95,72 @@ def strip_launcher_root(key: StackKey) -> StackKey:
 
 def is_own_code(code: CodeType) -> bool:
     """Whether ``code`` belongs to pyproperf itself (its frames are never sampled)."""
-    return code.co_filename.startswith(_PACKAGE_DIR)
+    return code.co_filename.startswith(PACKAGE_DIR)
 
 
-def stack_key(frame: FrameType | None, limit: int = MAX_DEPTH) -> StackKey:
-    """Return the stack key of ``frame`` and its callers, at most ``limit`` frames.
+def stack_key(
+    frame: FrameType | None,
+    limit: int = MAX_DEPTH,
+    *,
+    frames: Sequence[FrameType] | None = None,
+    skip_own: bool = False,
+) -> StackKey:
+    """The stack key of ``frame`` and its callers (or of ``frames``), at most ``limit`` frames.
 
-    A stack cut at ``limit`` ends with ``None`` in place of the root code.
+    ``capture`` without labels; pyproperf's frames at the leaf stay unless ``skip_own``.
     """
-    out: list[object] = []
-    append = out.append
-    depth = 0
-    while frame is not None:
-        if depth == limit:
-            append(None)
-            append(0)
-            break
-        append(frame.f_code)
-        append(frame.f_lasti)
-        frame = frame.f_back
-        depth += 1
-    return tuple(out)
+    return capture(frame, None, limit, frames=frames, skip_own=skip_own)[0]
 
 
 def capture(
-    frame: FrameType | None, ident: int, limit: int = MAX_DEPTH
+    frame: FrameType | None,
+    ident: int | None,
+    limit: int = MAX_DEPTH,
+    *,
+    frames: Sequence[FrameType] | None = None,
+    skip_own: bool = True,
 ) -> tuple[StackKey, _labels.LabelSet | None]:
-    """Return the stack key of ``frame`` and the labels active there.
+    """Return the stack key of ``frame`` and its callers, and the labels active there.
 
-    Profiler frames at the leaf are skipped.  Labels come from the innermost
-    frame registered in ``_labels.frame_labels`` on the way to the root; if
-    none is, from ``_labels.unit_labels(ident)``, the labels of whatever unit
+    The one stack walker (the CPU sampler's hot path).  A stack cut at
+    ``limit`` frames ends with ``None`` in place of the root code.
+    ``frames``: the stack given as frames, leaf first, instead of ``frame``
+    and its ``f_back`` chain (an await chain has no such chain).
+    ``skip_own``: profiler frames at the leaf are skipped.
+
+    Labels, unless ``ident`` is None (then None): from the innermost frame
+    registered in ``_labels.frame_labels`` on the way to the root; if none
+    is, from ``_labels.unit_labels(ident)``, the labels of whatever unit
     (thread, greenlet) runs on thread ``ident``.
     """
-    registry = _labels.frame_labels
+    registry = _labels.frame_labels if ident is not None else None
     labels = None
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    following = None
+    if frames is not None:
+        following = iter(frames)
+        frame = next(following, None)
+    while skip_own and frame is not None and frame.f_code.co_filename.startswith(PACKAGE_DIR):
         if registry and labels is None:  # a labels wrapper (do, labeled) is the leaf
             labels = registry.get(frame)
-        frame = frame.f_back
+        frame = frame.f_back if following is None else next(following, None)
     out: list[object] = []
-    append = out.append
-    depth = 0
-    while frame is not None:
-        if depth == limit:
-            append(None)
-            append(0)
-            if registry and labels is None:
-                while frame is not None and labels is None:
-                    labels = registry.get(frame)
-                    frame = frame.f_back
+    append = out.append  # out.append: 5 % faster on 3.13, 5-10 % slower on 3.10
+    for _ in range(limit):  # cheaper than counting the depth by hand
+        if frame is None:
             break
         append(frame.f_code)
         append(frame.f_lasti)
         if registry and labels is None:
             labels = registry.get(frame)
-        frame = frame.f_back
-        depth += 1
-    if labels is None:
+        frame = frame.f_back if following is None else next(following, None)
+    else:
+        if frame is not None:  # cut: a None root, and labels from the frames left out
+            append(None)
+            append(0)
+            while registry and labels is None and frame is not None:
+                labels = registry.get(frame)
+                frame = frame.f_back if following is None else next(following, None)
+    if labels is None and ident is not None:
         labels = _labels.unit_labels(ident)
     return tuple(out), labels
 
@@ -284,7 +294,7 @@ class Resolver:
         The map is shared by every profile written and rebuilt only when
         modules were imported since; it holds code objects weakly.
         """
-        global _qualnames_modules
+        global _qualnames_modules  # noqa: PLW0603 - the map is shared by every profile written
         qual = _qualnames_310.get(code)
         if qual is None and len(sys.modules) != _qualnames_modules:
             _qualnames_modules = len(sys.modules)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 from pyproperf import _read
 from pyproperf._builder import decode_uncompressed
@@ -276,25 +276,47 @@ def _build(
 ) -> _Graph:
     """graph.newGraph: one pass over the (deduplicated) stacks."""
     g = _Graph()
-    flat, cum, edges = g.flat, g.cum, g.edges
     if all(len(keys) == 1 for keys in location_nodes.values()):
         # No inlined frames (every Python profile): edges cannot carry an
         # inline mark, so only flat and cum are needed.
         single = {lid: keys[0] for lid, keys in location_nodes.items()}
-        for locations, w in stacks:
-            seq = [single[lid] for lid in locations]
-            if not seq:
-                continue
-            leaf: NodeKey | None = seq[0]
-            if kept is not None:
-                seq = [n for n in seq if n in kept]
-                if leaf not in kept:  # pprof's "residual": the flat value is lost
-                    leaf = None
-            for n in set(seq):
-                cum[n] = cum.get(n, 0) + w
-            if leaf is not None:
-                flat[leaf] = flat.get(leaf, 0) + w
-        return g
+        _add_flat_and_cum(g, stacks, single, kept)
+    else:
+        _add_with_edges(g, stacks, location_nodes, kept)
+    return g
+
+
+def _add_flat_and_cum(
+    g: _Graph,
+    stacks: Iterable[tuple[tuple[int, ...], int]],
+    single: dict[int, NodeKey],
+    kept: set[NodeKey] | None,
+) -> None:
+    """``_build`` for locations of one node each: flat and cum only, no edges."""
+    flat, cum = g.flat, g.cum
+    for locations, w in stacks:
+        seq = [single[lid] for lid in locations]
+        if not seq:
+            continue
+        leaf: NodeKey | None = seq[0]
+        if kept is not None:
+            seq = [n for n in seq if n in kept]
+            if leaf not in kept:  # pprof's "residual": the flat value is lost
+                leaf = None
+        for n in set(seq):
+            cum[n] = cum.get(n, 0) + w
+        if leaf is not None:
+            flat[leaf] = flat.get(leaf, 0) + w
+
+
+def _add_with_edges(
+    g: _Graph,
+    stacks: Iterable[tuple[tuple[int, ...], int]],
+    location_nodes: dict[int, list[NodeKey]],
+    kept: set[NodeKey] | None,
+) -> None:
+    """``_build`` for locations with inlined frames: flat, cum and the edges' inline marks."""
+    flat, cum, edges = g.flat, g.cum, g.edges
     for locations, w in stacks:
         seen_nodes: set[NodeKey] = set()
         seen_edges: set[tuple[NodeKey, NodeKey]] = set()
@@ -323,7 +345,6 @@ def _build(
                 residual = False
         if parent is not None and not residual:
             flat[parent] = flat.get(parent, 0) + w
-    return g
 
 
 def _sorted(g: _Graph, nodes: Sequence[NodeKey], by_cum: bool) -> list[NodeKey]:
@@ -387,13 +408,36 @@ def render(
     sample_type = profile.sample_type[index]
     type_name, unit = st[sample_type.type], st[sample_type.unit]
 
-    mapping_files = {m.id: st[m.filename] for m in profile.mapping}
     names = {f.id: shown_name(st[f.name], st[f.system_name]) for f in profile.function}
-    start_lines = {f.id: f.start_line for f in profile.function}
     location_lines = {loc.id: [ln.function_id for ln in loc.line] for loc in profile.location}
-    location_files = {loc.id: mapping_files.get(loc.mapping_id, "") for loc in profile.location}
     marks = _prune(profile, names, location_lines)
+    location_nodes = _location_nodes(profile, names, location_lines)
+    stacks, total = _sample_stacks(profile, index, marks)
+    top = _trimmed_graph(stacks, location_nodes, nodecount, cum)
+    out_unit = _output_unit(top.graph, top.nodes, total, unit)
 
+    def fmt(v: int) -> str:
+        return scaled_label(v, unit, out_unit)
+
+    lines = _profile_labels(profile, type_name, unit, total, fmt)
+    lines.extend(_showing(top, total, fmt))
+    lines.append(f"{'flat':>10} {'flat':>5}% {'sum':>5}% {'cum':>10} {'cum':>5}%")
+    lines.extend(_rows(top, total, fmt))
+    return "\n".join(lines) + "\n"
+
+
+def _location_nodes(
+    profile: Any, names: dict[int, str], location_lines: dict[int, list[int]]
+) -> dict[int, list[NodeKey]]:
+    """Each location's nodes: one per line it holds, or one for the location if none.
+
+    A function without a name is told apart by its start line and the
+    location's object file, as pprof does.
+    """
+    st = profile.string_table
+    mapping_files = {m.id: st[m.filename] for m in profile.mapping}
+    start_lines = {f.id: f.start_line for f in profile.function}
+    location_files = {loc.id: mapping_files.get(loc.mapping_id, "") for loc in profile.location}
     location_nodes: dict[int, list[NodeKey]] = {}
     for lid, lines in location_lines.items():
         objfile = location_files[lid]
@@ -402,8 +446,18 @@ def render(
             name = names[fid]
             keys.append((name, 0, "") if name else ("", start_lines[fid], objfile))
         location_nodes[lid] = keys or [("", 0, objfile)]
+    return location_nodes
 
-    # Samples: total (computeTotal, diff-base aware) and stacks summed by identity.
+
+def _sample_stacks(
+    profile: Any, index: int, marks: dict[int, bool]
+) -> tuple[list[tuple[tuple[int, ...], int]], int]:
+    """The stacks (pruned by ``marks``) with their values summed, and the total.
+
+    The total is computeTotal's: the sum of the absolute values, of the
+    diff base's samples alone (label ``pprof::base=true``) if it has any.
+    """
+    st = profile.string_table
     total = base_total = 0
     has_base = False
     grouped: dict[tuple[int, ...], list[int]] = {}
@@ -425,9 +479,26 @@ def render(
         entry[0] += w
     if has_base:
         total = base_total
-    stacks = [(locs, v[0]) for locs, v in grouped.items()]
+    return [(locs, v[0]) for locs, v in grouped.items()], total
 
-    # report.newTrimmedGraph
+
+class _Top(NamedTuple):
+    """The graph as ``-top`` shows it, and what it says about the nodes left out."""
+
+    graph: _Graph
+    nodes: list[NodeKey]  # the rows, sorted
+    orig_count: int  # nodes after the node fraction, before -nodecount
+    dropped_nodes: int  # nodes below the node fraction
+    edge_cutoff: int  # edges below it mark no inlining
+
+
+def _trimmed_graph(
+    stacks: list[tuple[tuple[int, ...], int]],
+    location_nodes: dict[int, list[NodeKey]],
+    nodecount: int,
+    cum: bool,
+) -> _Top:
+    """report.newTrimmedGraph: drop nodes below the node fraction, keep the top ``nodecount``."""
     g = _build(stacks, location_nodes, None)
     nodes = g.nodes()
     total_value = sum(g.flat.get(n, 0) for n in nodes)
@@ -445,44 +516,48 @@ def render(
     if nodecount > 0 and nodecount < len(nodes):
         g = _build(stacks, location_nodes, set(nodes[:nodecount]))
         nodes = _sorted(g, g.nodes(), cum)
+    return _Top(g, nodes, orig_count, dropped_nodes, edge_cutoff)
 
-    out_unit = _output_unit(g, nodes, total, unit)
 
-    def fmt(v: int) -> str:
-        return scaled_label(v, unit, out_unit)
-
+def _showing(top: _Top, total: int, fmt: Callable[[int], str]) -> list[str]:
+    """The lines after the profile's labels: what is shown, and what was dropped."""
+    g, nodes = top.graph, top.nodes
     shown = sum(g.flat.get(n, 0) for n in nodes)
-    lines = _profile_labels(profile, type_name, unit, total, fmt)
-    lines.append(
+    lines = [
         f"Showing nodes accounting for {fmt(shown)}, "
         f"{percentage(shown, total).strip()} of {fmt(total)} total"
-    )
+    ]
     if total:
-        if dropped_nodes:
-            plural = "s" if dropped_nodes > 1 else ""
+        if top.dropped_nodes:
+            plural = "s" if top.dropped_nodes > 1 else ""
             cutoff = fmt(abs(int(float(total) * NODE_FRACTION)))
-            lines.append(f"Dropped {dropped_nodes} node{plural} (cum <= {cutoff})")
-        if 0 < len(nodes) < orig_count:
-            lines.append(f"Showing top {len(nodes)} nodes out of {orig_count}")
-    lines.append(f"{'flat':>10} {'flat':>5}% {'sum':>5}% {'cum':>10} {'cum':>5}%")
+            lines.append(f"Dropped {top.dropped_nodes} node{plural} (cum <= {cutoff})")
+        if 0 < len(nodes) < top.orig_count:
+            lines.append(f"Showing top {len(nodes)} nodes out of {top.orig_count}")
+    return lines
 
+
+def _rows(top: _Top, total: int, fmt: Callable[[int], str]) -> list[str]:
+    """One row per node: flat, flat %, sum %, cum, cum %, name and inline mark."""
+    g = top.graph
     inlined: dict[NodeKey, set[bool]] = {}
     for (_src, dst), (weight, inline) in g.edges.items():
-        if abs(weight) >= edge_cutoff:
+        if abs(weight) >= top.edge_cutoff:
             inlined.setdefault(dst, set()).add(inline)
+    rows = []
     flat_sum = 0
-    for n in nodes:
+    for n in top.nodes:
         flat, cumv = g.flat.get(n, 0), g.cum.get(n, 0)
         flat_sum += flat
         marks_in = inlined.get(n, set())
         inl = ""
         if True in marks_in:
             inl = " (partial-inline)" if False in marks_in else " (inline)"
-        lines.append(
+        rows.append(
             f"{fmt(flat):>10} {percentage(flat, total)} {percentage(flat_sum, total)} "
             f"{fmt(cumv):>10} {percentage(cumv, total)}  {printable_name(n)}{inl}"
         )
-    return "\n".join(lines) + "\n"
+    return rows
 
 
 def _string_index(st: Sequence[str], text: str) -> int:

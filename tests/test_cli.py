@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -67,6 +68,25 @@ def summary_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("pyproperf: wrote ")]
 
 
+def cpu_summary(path: Path) -> str:
+    """What ``run`` says of a CPU profile it wrote, read from the file."""
+    p = load(path)
+    samples = sum(s.value[0] for s in p.sample)
+    kind = p.string_table[p.sample_type[1].type]
+    return (f"{p.duration_nanos / 1e9:.2f} s, {samples} sample{'' if samples == 1 else 's'}, "
+            f"{sum(s.value[1] for s in p.sample) / 1e9:.2f} s {kind}")
+
+
+def heap_summary(path: Path) -> str:
+    """What ``run`` says of a heap profile it wrote, read from the file."""
+    from pyproperf._top import scaled_label
+
+    p = load(path)
+    types = [p.string_table[t.type] for t in p.sample_type]
+    inuse = sum(s.value[types.index("inuse_space")] for s in p.sample)
+    return f"{len(p.sample)} stacks, {scaled_label(inuse, 'bytes')} in use"
+
+
 WORLD = '''
 import json, pickle, sys
 
@@ -100,8 +120,9 @@ def test_script_sees_what_python_gives_it(tmp_path: Path) -> None:
     assert seen == expected
     assert seen["argv"] == ["sub/prog.py", "a", "-o", "x"]
     assert seen["path"][0] == str((tmp_path / "sub").resolve())
-    assert len(summary_lines(ours.stderr)) == 1
-    assert "out.pb.gz" in summary_lines(ours.stderr)[0]
+    assert summary_lines(ours.stderr) == [
+        f"pyproperf: wrote out.pb.gz ({cpu_summary(tmp_path / 'out.pb.gz')})"
+    ]
     assert_profile(tmp_path / "out.pb.gz", "__main__.hot", "__main__.<module>")
 
 
@@ -429,7 +450,10 @@ def test_http_serves_while_the_program_runs(tmp_path: Path) -> None:
         url = line.split()[-1]
         with urllib.request.urlopen(url + "cmdline", timeout=10) as response:
             cmdline = response.read().decode()
-        assert cmdline.split("\x00")[-2:] == ["prog.py", "arg1"] or "prog.py" in cmdline
+        # Go's os.Args: the process's whole command line (sys.orig_argv), not the program's argv
+        assert cmdline.split("\x00") == [
+            sys.executable, "-m", "pyproperf", "run", "--http", "127.0.0.1:0", "prog.py", "arg1"
+        ]
         # the program's own start_cpu_profile slot stays free: /profile works
         with urllib.request.urlopen(url + "profile?seconds=1", timeout=30) as response:
             data = response.read()
@@ -529,7 +553,10 @@ def test_heap_profile_alongside(tmp_path: Path) -> None:
     ''')
     out = run("--heap", "heap.pb.gz", "prog.py", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert len(summary_lines(out.stderr)) == 2
+    assert summary_lines(out.stderr) == [
+        f"pyproperf: wrote cpu.pb.gz ({cpu_summary(tmp_path / 'cpu.pb.gz')})",
+        f"pyproperf: wrote heap.pb.gz ({heap_summary(tmp_path / 'heap.pb.gz')})",
+    ]
     heap = tmp_path / "heap.pb.gz"
     rows = assert_profile(heap, "__main__.make_garbage")
     assert rows["__main__.make_garbage"].cum >= 20_000 * 50  # type: ignore[attr-defined]
@@ -550,6 +577,50 @@ def test_console_script(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     rows = assert_profile(tmp_path / "cpu.pb.gz", "__main__.hot")
     assert sorted(rows) == ["__main__.<module>", "__main__.hot"]
+
+
+def view_command(stderr: str) -> str:
+    """The command ``run``'s last line says to view the profile with."""
+    line = stderr.splitlines()[-1]
+    prefix = "pyproperf: view it with: "
+    assert line.startswith(prefix), stderr
+    command, _, rest = line.removeprefix(prefix).partition("  (or: ")
+    assert rest.startswith("go tool pprof -http=: "), line
+    return command
+
+
+def run_in_plain_shell(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``command`` in a shell where no virtual environment is active."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = os.defpath
+    return subprocess.run(["/bin/sh", "-c", command], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX shell runs the command")
+@pytest.mark.parametrize("how", ["python -m", "console script"])
+def test_view_hint_works_without_an_active_venv(tmp_path: Path, how: str) -> None:
+    program(tmp_path, "hot(0.3)\n")
+    args = ["run", "-o", "my cpu.pb.gz", "prog.py"]  # a name the shell must get quoted
+    if how == "python -m":
+        out = python("-m", "pyproperf", *args, cwd=tmp_path)
+        expected = f"{shlex.quote(sys.executable)} -m pyproperf top 'my cpu.pb.gz'"
+    else:
+        script = Path(sys.executable).with_name("pyproperf")
+        if not script.exists():
+            pytest.skip("the pyproperf console script is not installed in this environment")
+        out = subprocess.run([str(script), *args], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=60, check=False)
+        expected = f"{shlex.quote(str(script))} top 'my cpu.pb.gz'"
+    assert out.returncode == 0, out.stderr
+    command = view_command(out.stderr)
+    assert command == expected
+    viewed = run_in_plain_shell(command, tmp_path)
+    assert viewed.returncode == 0, viewed.stderr
+    assert "__main__.hot" in viewed.stdout
+    # The control: that shell does not find this environment's python or pyproperf.
+    found = run_in_plain_shell("command -v python pyproperf", tmp_path).stdout
+    assert str(Path(sys.executable).parent) not in found, found
 
 
 # --- the bundled examples ------------------------------------------------------------

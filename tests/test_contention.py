@@ -44,7 +44,7 @@ def _clean() -> Iterator[None]:
     pyproperf.set_block_profile_rate(0)
     pyproperf.set_mutex_profile_fraction(0)
     _st.reset()
-    _contention._unwraps = 0  # these tests switch far more often than a program would
+    _contention._instr.unwraps = 0  # these tests switch far more often than a program would
     yield
     pyproperf.set_block_profile_rate(0)
     pyproperf.set_mutex_profile_fraction(0)
@@ -1061,7 +1061,7 @@ print("ok")
 
 def test_wrappers_stay_after_many_cycles() -> None:
     """Past MAX_UNWRAPS on/off cycles the class wrappers stay, idle; factories are restored."""
-    _contention._unwraps = _contention.MAX_UNWRAPS
+    _contention._instr.unwraps = _contention.MAX_UNWRAPS
     try:
         enable()
         enable(0, 0)
@@ -1081,6 +1081,6 @@ def test_wrappers_stay_after_many_cycles() -> None:
         assert leaf("block", "blocked_in")[0] == 1
         enable(0, 0)
     finally:
-        _contention._unwraps = 0
-        _contention._installed = True
+        _contention._instr.unwraps = 0
+        _contention._instr.installed = True
         enable(0, 0)  # now really unwraps, for the fixture's check

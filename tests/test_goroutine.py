@@ -494,14 +494,6 @@ def test_labels_from_the_labels_module_are_used(monkeypatch: pytest.MonkeyPatch)
     assert '# labels: {"a b":"ü", "kind":"task"}' in text
 
 
-def test_works_without_the_labels_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delattr(_labels, "labels_of_greenlet", raising=False)
-    monkeypatch.delattr(_labels, "labels_of_task", raising=False)
-    with world():
-        named = by_name(dump())
-    assert named["task-labeled"].labels == "{role: task}"  # from the frames
-
-
 def test_own_threads_are_hidden() -> None:
     ev = threading.Event()
     own = threading.Thread(target=_goroutine._threads, args=([],), name="fake-own")

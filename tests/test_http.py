@@ -55,7 +55,7 @@ def cpu_busy() -> bool:
     """
     from pyproperf import _cpu
 
-    return _cpu._go_profile is not None
+    return _cpu._go.profile is not None
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -884,7 +884,7 @@ EXIT_PROGRAM = textwrap.dedent("""
 
     def say_when_profiling():
         # The test's cue that its /profile request is waiting.
-        while _cpu._go_profile is None:
+        while _cpu._go.profile is None:
             time.sleep(0.01)
         print("profiling", flush=True)
 

@@ -20,7 +20,7 @@ LAYERS: dict[int, set[str]] = {
     2: {"_labels", "_labels._state", "_labels._region", "_labels._inherit", "_labels._tasks"},
     3: {"_stacks"},  # frames -> stack keys
     4: {"_sampler", "_sigprof", "_helper", "_estimate", "_cpu", "_goroutine", "_heap",
-        "_contention", "_contention_hooks"},  # sources
+        "_contention"},  # sources
     5: {"_registry", "_top"},  # profiles as objects, reports
     # outputs and the public API; the http package's private modules (http._core...) too
     6: {"http", "__main__", "__init__", "_cli_run"},
@@ -170,7 +170,7 @@ def test_label_inheritance_wraps_through_hooks_and_lists_what_it_wrapped() -> No
         for pattern in assigned:
             assert pattern not in text, (path.name, pattern)
     code = """
-import asyncio, concurrent.futures.process, anyio, trio, uvloop
+import asyncio, concurrent.futures.process, anyio, trio, uvloop, trio._core._thread_cache
 import anyio._backends._asyncio
 import pyproperf
 from pyproperf import _hooks
@@ -187,7 +187,7 @@ print("\\n".join(_hooks.wrapped))
         "uvloop.Loop.create_task",
         "trio._core._run.Runner.spawn_impl",
         "trio._core._run.Runner.task_exited",
-        "trio._threads.start_thread_soon",
+        "trio._core._thread_cache.ThreadCache.start_thread_soon",
         "anyio._backends._asyncio.AsyncIOBackend.run_sync_in_worker_thread",
         "concurrent.futures.thread.ThreadPoolExecutor.submit",
         "concurrent.futures.process.ProcessPoolExecutor.submit",

@@ -339,7 +339,7 @@ def _stop_at_exit() -> None:
 
 def _forget_in_child() -> None:
     """A forked child has the sockets but none of the threads: nothing of ours runs there."""
-    global _running_lock
+    global _running_lock  # noqa: PLW0603 - the parent's lock may be held by a thread gone here
     _running_lock = threading.Lock()
     _running.clear()
 

@@ -206,7 +206,7 @@ def _mb(value: float, digits: int) -> str:
 
 
 def _running_collector() -> Collector | None:
-    profile = _cpu._go_profile
+    profile = _cpu._go.profile
     return profile[0] if profile is not None else None
 
 
@@ -244,18 +244,25 @@ def _measure(collector: Collector | None) -> tuple[int, int, int]:
                 total += getsizeof(name)
             if isinstance(ls, pyproperf.LabelSet) and id(ls) not in seen:
                 seen.add(id(ls))
-                total += getsizeof(ls) + getsizeof(ls.pairs)
-                for pair in ls.pairs:
-                    total += getsizeof(pair)
-                    for text in pair:
-                        if id(text) not in seen:
-                            seen.add(id(text))
-                            total += getsizeof(text)
-                if ls._ctx is not None:
-                    total += getsizeof(ls._ctx)
-                if ls._merged is not None:
-                    total += getsizeof(ls._merged)
+                total += _label_set_size(ls, seen)
         return len(agg), samples, total
+
+
+def _label_set_size(ls: pyproperf.LabelSet, seen: set[int]) -> int:
+    """A label set's deep size: pairs, strings not in ``seen`` (added), context, merge cache."""
+    getsizeof = sys.getsizeof
+    total = getsizeof(ls) + getsizeof(ls.pairs)
+    for pair in ls.pairs:
+        total += getsizeof(pair)
+        for text in pair:
+            if id(text) not in seen:
+                seen.add(id(text))
+                total += getsizeof(text)
+    if ls._ctx is not None:
+        total += getsizeof(ls._ctx)
+    if ls._merged is not None:
+        total += getsizeof(ls._merged)
+    return total
 
 
 def _alive() -> dict[str, int]:
@@ -401,20 +408,7 @@ def run(
         work, seconds, sample_s, rotate_s if variant == "rotate" else None, trace, sink,
         trace_from,
     )
-    threads = [
-        threading.Thread(target=work.worker, args=(i,), name=f"worker-{i}")
-        for i in range(1, THREADS)
-    ]
-    for t in threads:
-        t.start()
-    mon = threading.Thread(target=monitor.run, name="soak-monitor")
-    mon.start()
-    work.worker(0)
-    for t in threads:
-        t.join()
-    mon.join()
-    if monitor.errors:
-        raise monitor.errors[0]
+    _serve(work, monitor)
 
     collector = _running_collector()
     keys = len(collector.agg) if collector is not None else 0
@@ -431,32 +425,8 @@ def run(
     after = _status_kb()
     alive = _alive()
     arenas, used = _pymalloc()
-
-    print("| t (s) | RSS MB | peak RSS MB | pymalloc arenas MB | in use MB | distinct keys "
-          "| samples | keys' deep size MB | label sets alive | gc objects | thread states "
-          "| frames registered | requests |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-          "| ---: |")
-    for r in monitor.rows:
-        print(f"| {r['t']:.0f} | {r['rss']:.1f} | {r['peak']:.1f} | {_mb(r['arenas'], 0)} "
-              f"| {_mb(r['used'], 1)} | {r['keys']:,.0f} "
-              f"| {r['samples']:,.0f} | {r['agg']:.1f} | {r['label sets']:,.0f} "
-              f"| {r['gc objects']:,.0f} | {r['states']:.0f} | {r['frames']:.0f} "
-              f"| {r['requests']:,.0f} |")
-    print(f"| after stop + gc | {after['VmRSS'] / 1024:.1f} | {after['VmHWM'] / 1024:.1f} "
-          f"| {_mb(arenas, 0)} | {_mb(used, 1)} | - | - | - | {alive['label sets']:,} "
-          f"| {alive['gc objects']:,} "
-          f"| {len(engine.states)} | {len(_labels.frame_labels)} | {sum(work.done):,} |")
-    print()
-    if monitor.windows:
-        print("| profile | stopped at (s) | SIGPROF ticks | distinct keys | samples | size KB "
-              "| stop+write s |")
-        print("| ---: | ---: | --- | ---: | ---: | ---: | ---: |")
-        for i, w in enumerate(monitor.windows, 1):
-            print(f"| {i} | {w['t']:.0f} | {'yes' if w['sigprof'] else 'no'} "
-                  f"| {w['keys']:,.0f} | {w['samples']:,.0f} | {w['bytes'] / 1024:.0f} "
-                  f"| {w['write']:.2f} |")
-        print()
+    _print_memory(monitor.rows, after, alive, arenas, used, work)
+    _print_windows(monitor.windows)
     rows = monitor.rows
     first = next((r for r in rows if r["t"] >= sample_s * 0.9), rows[0])
     last = rows[-1]
@@ -481,6 +451,61 @@ def run(
         t_end, s_end = snap_end
         print(f"After the final stop (t={t_end:.0f} s) against t={t_first:.0f} s:\n")
         _print_growth(t_first, s_first, t_end, s_end)
+
+
+def _serve(work: _Workload, monitor: _Monitor) -> None:
+    """Serve on ``THREADS`` threads (this one too) while ``monitor`` runs; raise its error."""
+    threads = [
+        threading.Thread(target=work.worker, args=(i,), name=f"worker-{i}")
+        for i in range(1, THREADS)
+    ]
+    for t in threads:
+        t.start()
+    mon = threading.Thread(target=monitor.run, name="soak-monitor")
+    mon.start()
+    work.worker(0)
+    for t in threads:
+        t.join()
+    mon.join()
+    if monitor.errors:
+        raise monitor.errors[0]
+
+
+def _print_memory(
+    rows: list[dict[str, float]], after: dict[str, int], alive: dict[str, int],
+    arenas: float, used: float, work: _Workload,
+) -> None:
+    """The monitor's samples, and a last row of what was measured after the final stop."""
+    print("| t (s) | RSS MB | peak RSS MB | pymalloc arenas MB | in use MB | distinct keys "
+          "| samples | keys' deep size MB | label sets alive | gc objects | thread states "
+          "| frames registered | requests |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+          "| ---: |")
+    for r in rows:
+        print(f"| {r['t']:.0f} | {r['rss']:.1f} | {r['peak']:.1f} | {_mb(r['arenas'], 0)} "
+              f"| {_mb(r['used'], 1)} | {r['keys']:,.0f} "
+              f"| {r['samples']:,.0f} | {r['agg']:.1f} | {r['label sets']:,.0f} "
+              f"| {r['gc objects']:,.0f} | {r['states']:.0f} | {r['frames']:.0f} "
+              f"| {r['requests']:,.0f} |")
+    print(f"| after stop + gc | {after['VmRSS'] / 1024:.1f} | {after['VmHWM'] / 1024:.1f} "
+          f"| {_mb(arenas, 0)} | {_mb(used, 1)} | - | - | - | {alive['label sets']:,} "
+          f"| {alive['gc objects']:,} "
+          f"| {len(engine.states)} | {len(_labels.frame_labels)} | {sum(work.done):,} |")
+    print()
+
+
+def _print_windows(windows: list[dict[str, float]]) -> None:
+    """The rotate variant's table: one row per profile written (none for ``single``)."""
+    if not windows:
+        return
+    print("| profile | stopped at (s) | SIGPROF ticks | distinct keys | samples | size KB "
+          "| stop+write s |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    for i, w in enumerate(windows, 1):
+        print(f"| {i} | {w['t']:.0f} | {'yes' if w['sigprof'] else 'no'} "
+              f"| {w['keys']:,.0f} | {w['samples']:,.0f} | {w['bytes'] / 1024:.0f} "
+              f"| {w['write']:.2f} |")
+    print()
 
 
 def _print_growth(t0: float, s0: tracemalloc.Snapshot, t1: float, s1: tracemalloc.Snapshot
