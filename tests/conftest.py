@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import signal
 import threading
 import time
@@ -45,6 +44,4 @@ def _process_left_clean() -> Iterator[None]:
     assert not signals.armed and signals._timer is None, "SIGPROF timer left armed"
     assert signal.getsignal(signal.SIGPROF) == handler, "SIGPROF handler not restored"
     assert tracemalloc.is_tracing() == tracing, "tracemalloc state changed"
-    if _labels.frame_labels:  # an asyncio task's registration ends when the task is freed
-        gc.collect()
     assert not _labels.frame_labels, f"labels left registered: {_labels.frame_labels}"

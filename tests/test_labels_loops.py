@@ -13,6 +13,7 @@ between waits, several requests at once, an unlabelled neighbour.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 import re
@@ -286,6 +287,30 @@ def test_task_registrations_end_with_the_tasks() -> None:
     trio.run(trio_set)
     assert uvloop.run(uvloop_main()) >= 20
     assert not _labels.frame_labels
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="3.10: a suspended frame holds its locals itself, so the registered frame keeps "
+    "the pending task alive (documented in docs/labels.md)",
+)
+def test_registration_of_a_task_destroyed_unfinished_is_dropped() -> None:
+    """A loop closed with a labelled task still pending: the task never ends, its done
+    callbacks never run; when it is destroyed its registration goes too (no frame leaks)."""
+
+    async def forever(fut: asyncio.Future[None]) -> None:
+        await fut
+
+    for new_loop in (asyncio.new_event_loop, uvloop.new_event_loop):
+        loop = new_loop()
+        with pyproperf.labeled("k", "v"):
+            task = loop.create_task(forever(loop.create_future()))
+        loop.run_until_complete(asyncio.sleep(0))
+        assert _labels.frame_labels  # positive control: registered, and pending
+        loop.close()
+        del task
+        gc.collect()
+        assert not _labels.frame_labels, new_loop
 
 
 # -- worker threads: trio.to_thread and anyio.to_thread ---------------------------------------

@@ -32,6 +32,7 @@ and ``forget_with_task`` ends a registration made inside a task.
 
 from __future__ import annotations
 
+import functools
 import sys
 import weakref
 from collections.abc import Callable
@@ -50,11 +51,12 @@ frame_labels = _state.frame_labels  # not from-imported: see _state
 # trio task -> the root frame registered for it (trio tasks take no attributes);
 # dropped by Runner.task_exited.
 _trio_roots: dict[Any, FrameType] = {}
-# Weak reference to an asyncio task -> the root frame registered for it; dropped
-# when the task object goes away.  Not at the task's end, with a done-callback:
-# that costs the loop one more callback per task (3-4 us of the 5-8 us a task
-# costs), and a task destroyed while pending never runs it.  A finished task
-# keeps an entry no stack can reach until it is freed.
+# Weak reference to an asyncio task -> the root frame registered for it.  The
+# registration ends with the task: a done-callback drops it.  A task destroyed
+# while still pending never runs its callbacks; the weak reference's callback
+# drops it then.  (The weak reference alone is not enough: once the coroutine
+# has finished, its frame object links to its caller's frame, which can hold
+# the task, so a registration kept until the task is freed would keep it alive.)
 _asyncio_roots: dict[weakref.ref[Any], FrameType] = {}
 
 
@@ -75,14 +77,24 @@ def task_root(task: Any) -> FrameType | None:
 
 
 def _asyncio_task_gone(ref: weakref.ref[Any]) -> None:
+    """The weak reference's callback: the task was destroyed before it ended."""
     root = _asyncio_roots.pop(ref, None)
     if root is not None:
         frame_labels.pop(root, None)
 
 
+def _asyncio_task_done(ref: weakref.ref[Any] | None, root: FrameType, _task: object) -> None:
+    """The task's done-callback: the task ended."""
+    if ref is not None:
+        _asyncio_roots.pop(ref, None)
+    frame_labels.pop(root, None)
+
+
 def forget_with_task(task: Any, frame: FrameType) -> None:
-    """Drop ``frame``'s registration with ``task``: when an asyncio task is freed, when a
-    trio task exits.  Call it before registering (a Ctrl-C between must not leak it)."""
+    """Drop ``frame``'s registration when ``task`` (asyncio or trio) ends.
+
+    Call it before registering: a Ctrl-C between the two must not leak it.
+    """
     if hasattr(task, "get_coro"):  # asyncio, uvloop
         _forget_with_asyncio_task(task, frame)
     else:  # trio: Runner.task_exited, wrapped below
@@ -90,10 +102,14 @@ def forget_with_task(task: Any, frame: FrameType) -> None:
 
 
 def _forget_with_asyncio_task(task: Any, frame: FrameType) -> None:
+    ref: weakref.ref[Any] | None
     try:
-        _asyncio_roots[weakref.ref(task, _asyncio_task_gone)] = frame
-    except TypeError:  # a task class without weak references: at its end, then
-        task.add_done_callback(lambda _t: frame_labels.pop(frame, None))
+        ref = weakref.ref(task, _asyncio_task_gone)
+    except TypeError:  # a task class without weak references: at its end only
+        ref = None
+    else:
+        _asyncio_roots[ref] = frame
+    task.add_done_callback(functools.partial(_asyncio_task_done, ref, frame))
 
 
 def running_task() -> Any:
@@ -134,7 +150,7 @@ def _create_task_with_labels(create_task: Callable[..., Any]) -> Callable[..., A
 
 
 def _register_task(task: Any, ls: LabelSet) -> None:
-    """Register an asyncio ``task``'s root frame with ``ls`` until the task is freed."""
+    """Register an asyncio ``task``'s root frame with ``ls`` until the task ends."""
     if task.done():
         return
     root = task_root(task)
