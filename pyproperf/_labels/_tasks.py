@@ -12,7 +12,8 @@ task ends, and every sample taken inside the task finds it on the stack.
 Where each loop creates its tasks, and what is wrapped there:
 
 * asyncio: ``BaseEventLoop.create_task`` (``create_task``, ``ensure_future``,
-  ``gather``, ``TaskGroup``, eager tasks; the task's end is a done-callback);
+  ``gather``, ``TaskGroup``, eager tasks; the task's end is a done-callback,
+  its destruction unfinished a weak reference's callback);
 * uvloop: its loop class ``uvloop.Loop`` is a Python subclass of the
   compiled loop, so its ``create_task`` is wrapped the same way;
 * trio: ``Runner.spawn_impl``, through which every task is spawned (the
@@ -21,10 +22,10 @@ Where each loop creates its tasks, and what is wrapped there:
 * worker threads: ``trio.to_thread.run_sync`` and ``anyio.to_thread.run_sync``
   (Starlette's and FastAPI's thread pool) run the function in a pooled
   thread under a copy of the caller's context; the function is bound to
-  the labels (``_region.bind``) so that the worker registers them,
-  and the pool's threads do not inherit them.
-  ``asyncio.to_thread`` needs nothing here: it goes through an executor's
-  ``submit`` (``_inherit``).
+  the labels (``_region.bind``) so that the worker registers them, and the
+  pools' threads are listed in ``_state.pool_thread_classes``, so that they
+  never inherit labels themselves.  ``asyncio.to_thread`` needs nothing
+  here: it goes through an executor's ``submit`` (``_inherit``).
 
 ``running_task()`` says which task runs now, for ``set_goroutine_labels``,
 and ``forget_with_task`` ends a registration made inside a task.
