@@ -190,7 +190,7 @@ class CPUProfile:
 
         def leave() -> None:
             with self._lock:
-                engine.settle_current_thread()  # the call's last CPU, while it counts
+                engine.settle_current_thread(collector.code)  # the call's last CPU
                 if collector.call_ended():
                     engine.activity_changed()
 

@@ -30,7 +30,14 @@ from typing import NamedTuple
 
 from pyproperf import _hooks, _stacks
 from pyproperf._builder import ProfileBuilder
-from pyproperf._estimate import INTERNAL_THREAD_PREFIX, Sighting, ThreadState, observe, settle
+from pyproperf._estimate import (
+    INTERNAL_THREAD_PREFIX,
+    Sighting,
+    ThreadState,
+    observe,
+    settle,
+    unseen,
+)
 from pyproperf._helper import HelperClock
 from pyproperf._labels import LabelSet
 from pyproperf._sigprof import SignalClock, thread_cpu_clock
@@ -401,17 +408,22 @@ class _Engine:
         now: int,
         *,
         final: bool = False,
+        within: CodeType | None = None,
     ) -> None:
         """Feed one look at a thread to the estimator and the collectors.
 
         ``final``: charge everything held back now (a collector leaves,
-        sampling pauses), where ``settle`` says.
+        sampling pauses), where ``settle`` says; with ``within`` (a decorated
+        function's call ending), somewhere inside that call: where ``settle``
+        says if that is inside, else ``sighting`` (which must be).
         """
         used = max(used, 0)
         st.charged += used
         if final:
             st.pending += used
             charge = settle(st, now, sighting)
+            if within is not None and charge is not None and within not in charge[0][0]:
+                charge = unseen(sighting), charge[1]
         else:
             charge = observe(st, sighting, running, used, now)
         if charge is not None:
@@ -446,30 +458,36 @@ class _Engine:
             sighting = _stacks.capture(frame, ident)
             self._charge(collectors, st, sighting, False, used, now, final=True)
 
-    def settle_current_thread(self) -> None:
+    def settle_current_thread(self, code: CodeType | None = None) -> None:
         """Charge the calling thread's CPU up to now, held-back CPU included.
 
-        A decorated function's call is ending in this thread: what it used
-        since the last look belongs to the call, and is charged where the
-        thread was last seen running (inside the call), while the call still
-        counts as in progress.  Otherwise a non-main thread's last stretch,
-        looked at only after the call returned, would be lost to its profile.
+        A decorated function's call (of ``code``) is ending in this thread:
+        what it used since the last look belongs to the call, and is charged
+        where the thread was last seen running (inside the call), while the
+        call still counts as in progress.  Otherwise a non-main thread's last
+        stretch, looked at only after the call returned, would be lost to its
+        profile.  CPU the helper never saw inside the call (a short call, or
+        a helper kept from the GIL) is charged to the function itself
+        (``code`` under "ran between samples"), as a thread's last CPU is at
+        its exit, rather than lost or put outside the call.
         """
         ident = _hooks.real_get_ident()
         with self._tick_lock:
             collectors = self._collectors
-            st = self.states.get(ident)
-            if not collectors or not self.sampling or st is None or st.clock is None:
-                return
-            if st.internal:
+            if not collectors or not self.sampling:
                 return
             now = time.monotonic_ns()
+            st = self._state_for(ident, getattr(threading, "_active", None), now)
+            if st.clock is None or st.internal:
+                return
             try:
                 used = time.clock_gettime_ns(st.clock) - st.charged
             except OSError:
                 return
-            sighting = _stacks.capture(sys._getframe(1), ident)
-            self._charge(collectors, st, sighting, False, used, now, final=True)
+            key, labels = _stacks.capture(sys._getframe(1), ident)
+            if code is not None and code not in key:
+                key = (code, -1, *key)
+            self._charge(collectors, st, (key, labels), False, used, now, final=True, within=code)
 
     def _forget_dead(self, frames: dict[int, FrameType], active: object) -> None:
         states = self.states

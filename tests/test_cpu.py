@@ -450,11 +450,17 @@ def test_decorator_counts_only_the_function(tmp_path: Path) -> None:
         t.join()
         section.write()
         rows = top_by_name(path)
-        assert 0.2 <= rows[f"{M}.leaf_60"].cum <= 0.4
+        # Both calls' CPU is the function's.  Where inside it depends on what the
+        # sampler saw: the thread's call may go unseen by a helper kept from the
+        # GIL (then it is charged to the function itself, "ran between samples"),
+        # the main thread's call is seen by its own signal ticks.
+        fn = f"{__name__}.test_decorator_counts_only_the_function.<locals>.handler"
+        assert 0.2 <= rows[fn].cum <= 0.4, rows
+        assert 0.1 <= rows[f"{M}.leaf_60"].cum <= rows[fn].cum + 0.001
         assert f"{M}.leaf_10" not in rows and f"{M}.leaf_30" not in rows
         handler(0.1)
         pyproperf.flush()
-        assert 0.3 <= top_by_name(path)[f"{M}.leaf_60"].cum <= 0.5
+        assert 0.3 <= top_by_name(path)[fn].cum <= 0.5
     finally:
         section.close()
 
