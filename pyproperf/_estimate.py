@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import threading
+from types import CodeType
 
 from pyproperf import _stacks
 from pyproperf._labels import LabelSet
@@ -135,18 +136,29 @@ def observe(
 
 
 def settle(
-    st: ThreadState, now: int, fallback: Sighting | None = None
+    st: ThreadState,
+    now: int,
+    fallback: Sighting | None = None,
+    within: CodeType | None = None,
 ) -> tuple[Sighting, int] | None:
-    """Charge what is held back now (stop, thread exit, or held back too long)."""
+    """Charge what is held back now (stop, thread exit, or held back too long).
+
+    ``within``: the CPU belongs to a call of this code that is ending (a
+    decorated function's), and ``fallback`` is a sighting inside it; a
+    place outside the call (the thread seen before the call began) gives
+    way to ``fallback``.
+    """
     total, st.pending = st.pending, 0
     if total <= 0:
         return None
     if st.last_running is not None and now - st.running_at <= 2 * MAX_PENDING_NS:
-        return st.last_running, total
-    where = st.waiting_at if st.waiting_at is not None else fallback
-    if where is None:
+        if within is None or within in st.last_running[0]:
+            return st.last_running, total
+    elif st.waiting_at is not None and (within is None or within in st.waiting_at[0]):
+        return unseen(st.waiting_at), total
+    if fallback is None:
         return None
-    return unseen(where), total
+    return unseen(fallback), total
 
 
 def unseen(sighting: Sighting) -> Sighting:

@@ -36,7 +36,6 @@ from pyproperf._estimate import (
     ThreadState,
     observe,
     settle,
-    unseen,
 )
 from pyproperf._helper import HelperClock
 from pyproperf._labels import LabelSet
@@ -413,17 +412,14 @@ class _Engine:
         """Feed one look at a thread to the estimator and the collectors.
 
         ``final``: charge everything held back now (a collector leaves,
-        sampling pauses), where ``settle`` says; with ``within`` (a decorated
-        function's call ending), somewhere inside that call: where ``settle``
-        says if that is inside, else ``sighting`` (which must be).
+        sampling pauses), where ``settle`` says; ``within``: inside this
+        code's call, which is ending (``sighting`` must be inside it).
         """
         used = max(used, 0)
         st.charged += used
         if final:
             st.pending += used
-            charge = settle(st, now, sighting)
-            if within is not None and charge is not None and within not in charge[0][0]:
-                charge = unseen(sighting), charge[1]
+            charge = settle(st, now, sighting, within)
         else:
             charge = observe(st, sighting, running, used, now)
         if charge is not None:

@@ -25,6 +25,20 @@ def spin(seconds: float) -> None:
         pass
 
 
+def shared_work(seconds: float) -> float:
+    """Burn ``seconds`` of this thread's CPU in code every request shares; return what it used.
+
+    The label tests' workload: one function whatever the request, so only
+    labels tell requests apart in a profile.
+    """
+    t0 = time.thread_time()
+    x = 0
+    while time.thread_time() - t0 < seconds:
+        for i in range(300):
+            x += i * i
+    return time.thread_time() - t0
+
+
 def leaf_60(seconds: float) -> None:
     spin(seconds)
 

@@ -28,6 +28,7 @@ import pytest
 
 import pyproperf
 from pyproperf import LabelContext, LabelSet, _labels, _stacks
+from tests.cpu_workloads import shared_work
 from tests.pprof_tool import tag_seconds
 
 greenlet = pytest.importorskip("greenlet")
@@ -1248,19 +1249,9 @@ def test_gevent_monkey_patched_threads_inherit() -> None:
 _SLICE = 0.015  # CPU seconds burnt between two yields (longer than a 100 Hz period)
 
 
-def _shared_work(seconds: float) -> float:
-    """Burn ``seconds`` of this thread's CPU in code every request shares; return what it used."""
-    t0 = time.thread_time()
-    x = 0
-    while time.thread_time() - t0 < seconds:
-        for i in range(300):
-            x += i * i
-    return time.thread_time() - t0
-
-
 def _request_thread(target: float, out: dict[str, float], name: str) -> None:
     def handler(ctx: LabelContext) -> None:
-        out[name] = _shared_work(target)
+        out[name] = shared_work(target)
 
     pyproperf.do(None, pyproperf.labels("request", name), handler)
 
@@ -1283,7 +1274,7 @@ def _run_greenlets(targets: dict[str, float]) -> dict[str, float]:
 
     def request(name: str, target: float) -> None:
         while used[name] < target:
-            used[name] += _shared_work(min(_SLICE, target - used[name]))
+            used[name] += shared_work(min(_SLICE, target - used[name]))
             gevent.sleep(0)
 
     gs = []
@@ -1300,7 +1291,7 @@ def _run_tasks(targets: dict[str, float]) -> dict[str, float]:
     async def request(name: str, target: float) -> None:
         with pyproperf.labeled("request", name):
             while used[name] < target:
-                used[name] += _shared_work(min(_SLICE, target - used[name]))
+                used[name] += shared_work(min(_SLICE, target - used[name]))
                 await asyncio.sleep(0)
 
     async def main() -> None:
@@ -1317,7 +1308,7 @@ def _focused_total(path: str, value: str) -> float:
     header, rows = top(path, f"-tagfocus=request=^{value}$")
     m = re.search(r"Showing nodes accounting for (\S+),", header)
     assert m, header
-    shared = [r for r in rows if r.name.endswith("._shared_work")]
+    shared = [r for r in rows if r.name.endswith(".shared_work")]
     assert shared, f"shared code missing under request={value}: {rows}"
     return parse_quantity(m.group(1))
 
@@ -1419,13 +1410,13 @@ def test_samples_take_labels_from_the_stack_on_every_thread(in_thread: bool, tmp
     def producer() -> Iterator[int]:
         with pyproperf.labeled("phase", "produce"):
             for i in range(20):
-                used["produce"] += _shared_work(0.005)
+                used["produce"] += shared_work(0.005)
                 yield i
 
     def consume() -> None:
         for _ in producer():
             seen.append(pyproperf.label(None, "phase"))
-            used["consume"] += _shared_work(0.02)
+            used["consume"] += shared_work(0.02)
 
     path = tmp_path / "cpu.pb.gz"
     with open(path, "wb") as f:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import random
 import re
 import socket
@@ -35,20 +36,14 @@ import uvloop
 
 import pyproperf
 from pyproperf import _labels
+from tests.cpu_workloads import shared_work
 from tests.pprof_tool import check_valid, load, pprof, tag_seconds, traces
 from tests.test_goroutine import parse_dump
 
 MOD = __name__
-
-
-def burn(seconds: float) -> float:
-    """Burn ``seconds`` of this thread's CPU in code every request shares; return what it used."""
-    t0 = time.thread_time()
-    x = 0
-    while time.thread_time() - t0 < seconds:
-        for i in range(300):
-            x += i * i
-    return time.thread_time() - t0
+# Child processes import the tests' workloads (``tests.cpu_workloads``) from here.
+_CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    p for p in (str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH")) if p)}
 
 
 # -- the workload: requests created in labelled regions, and an unlabelled neighbour ----------
@@ -60,7 +55,7 @@ async def request(used: dict[str, float], name: str, target: float, sleep: Sleep
     """Bursts of 3-25 ms of CPU, each followed by a yield or a short real wait."""
     rnd = random.Random(name)
     while used[name] < target:
-        used[name] += burn(min(rnd.uniform(0.003, 0.025), target - used[name]))
+        used[name] += shared_work(min(rnd.uniform(0.003, 0.025), target - used[name]))
         await sleep(0 if rnd.random() < 0.5 else 0.001)
 
 
@@ -201,7 +196,7 @@ async def _setter_and_neighbour(
     """Task ``setter`` replaces its labels mid-way; ``plain`` interleaves with it, unlabelled."""
 
     async def setter() -> None:
-        used["setter-before"] = burn(0.1)
+        used["setter-before"] = shared_work(0.1)
         await sleep(0)
         new = pyproperf.with_labels(None, pyproperf.labels("request", "set"))
         pyproperf.set_goroutine_labels(new)
@@ -316,24 +311,18 @@ def test_registration_of_a_task_destroyed_unfinished_is_dropped() -> None:
 # -- worker threads: trio.to_thread and anyio.to_thread ---------------------------------------
 
 TO_THREAD_PROGRAM = textwrap.dedent("""
-    import json, sys, time
+    import json, sys
     import anyio, anyio.to_thread, trio
     import pyproperf
 
-    def burn(seconds):
-        t0 = time.thread_time()
-        x = 0
-        while time.thread_time() - t0 < seconds:
-            for i in range(300):
-                x += i * i
-        return time.thread_time() - t0
+    from tests.cpu_workloads import shared_work
 
     used = {}
 
     async def calls(run_sync, prefix):
         with pyproperf.labeled("request", prefix):
-            used[prefix] = await run_sync(burn, 0.3)
-        used[prefix + "-plain"] = await run_sync(burn, 0.15)
+            used[prefix] = await run_sync(shared_work, 0.3)
+        used[prefix + "-plain"] = await run_sync(shared_work, 0.15)
 
     async def trio_main():
         # trio's thread cache starts a thread for this job, in a labelled region: the
@@ -341,7 +330,7 @@ TO_THREAD_PROGRAM = textwrap.dedent("""
         done = []
         with pyproperf.labeled("request", "lowlevel"):
             trio.lowlevel.start_thread_soon(
-                lambda: used.__setitem__("lowlevel", burn(0.2)), done.append)
+                lambda: used.__setitem__("lowlevel", shared_work(0.2)), done.append)
         while not done:
             await trio.sleep(0.005)
         await calls(trio.to_thread.run_sync, "trio")
@@ -364,7 +353,7 @@ def test_worker_threads_of_trio_and_anyio_carry_the_callers_labels(tmp_path: Pat
     path = tmp_path / "cpu.pb.gz"
     out = subprocess.run(
         [sys.executable, str(script), str(path)],
-        check=False, capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120, env=_CHILD_ENV,
     )
     assert out.returncode == 0, out.stderr
     used = json.loads(out.stdout)
@@ -494,48 +483,50 @@ def test_goroutine_lists_trio_and_anyio_tasks(in_task: bool, tmp_path: Path) -> 
     assert "job" in pprof("-tags", path)
 
 
-def test_goroutine_lists_uvloop_tasks() -> None:
+def test_goroutine_lists_uvloop_tasks(tmp_path: Path) -> None:
     async def waiter(ev: asyncio.Event) -> None:
         await ev.wait()
 
-    async def main() -> str:
+    async def main() -> tuple[str, bytes]:
         ev = asyncio.Event()
         with pyproperf.labeled("job", "uv"):
             t = asyncio.get_running_loop().create_task(waiter(ev), name="uv-waiter")
         await asyncio.sleep(0)
         p = pyproperf.lookup("goroutine")
         assert p is not None
-        text = p.render(2).decode()
+        text, proto = p.render(2).decode(), p.render(0)
         ev.set()
         await t
-        return text
+        return text, proto
 
-    units = {d.name: d for d in parse_dump(uvloop.run(main()))}
+    text, proto = uvloop.run(main())
+    units = {d.name: d for d in parse_dump(text)}
     d = units["uv-waiter"]
     assert (d.kind, d.state, d.labels) == ("task", "chan receive", '{job: uv}'), d
-    assert d.funcs[-1] == f"{MOD}.test_goroutine_lists_uvloop_tasks.<locals>.waiter"
+    waiter_name = f"{MOD}.test_goroutine_lists_uvloop_tasks.<locals>.waiter"
+    assert d.funcs[-1] == waiter_name
+    # The proto, read by go tool pprof: the task's stack with its label.
+    path = tmp_path / "goroutine.pb.gz"
+    path.write_bytes(proto)
+    check_valid(load(proto))
+    by_root = {t["stack"][-1]: t["labels"] for t in traces(path)}  # type: ignore[index]
+    assert by_root[waiter_name] == {"job": "uv"}, by_root
 
 
 # -- uvicorn on uvloop: a labelled ASGI app profiled through its own /debug/pprof/ ----------
 
 UVICORN_APP = textwrap.dedent("""
-    import asyncio, json, time
+    import asyncio, json
     import anyio.to_thread
     import pyproperf, pyproperf.http
     from pyproperf import _sampler
 
-    def burn(seconds):
-        t0 = time.thread_time()
-        x = 0
-        while time.thread_time() - t0 < seconds:
-            for i in range(300):
-                x += i * i
-        return time.thread_time() - t0
+    from tests.cpu_workloads import shared_work
 
     async def part(seconds):
         used = 0.0
         while used < seconds:
-            used += burn(min(0.01, seconds - used))
+            used += shared_work(min(0.01, seconds - used))
             await asyncio.sleep(0)
         return used
 
@@ -552,7 +543,7 @@ UVICORN_APP = textwrap.dedent("""
                 parts = [asyncio.get_running_loop().create_task(part(seconds / 3))
                          for _ in range(2)]
                 used = sum(await asyncio.gather(*parts))
-                used += await anyio.to_thread.run_sync(burn, seconds / 3)
+                used += await anyio.to_thread.run_sync(shared_work, seconds / 3)
             body = json.dumps({"loop": loop, "used": used}).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json")]})
@@ -585,7 +576,7 @@ def test_uvicorn_on_uvloop_profile_shows_endpoint_labels(tmp_path: Path) -> None
     sock.close()
     cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(tmp_path), "labelled_app:app",
            "--loop", "uvloop", "--port", str(port), "--log-level", "warning", "--lifespan", "off"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=_CHILD_ENV)
     try:
         deadline = time.monotonic() + 30
         while True:  # until it listens
