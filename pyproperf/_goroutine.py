@@ -400,6 +400,9 @@ def snapshot() -> list[Unit]:
         _tasks_units(units, _goroutine_tasks.asyncio_tasks())
     if "trio" in sys.modules:
         _tasks_units(units, _goroutine_tasks.trio_tasks(frames.values()))
+    # The dict holds this frame, which holds the dict: without this, a cycle keeping every
+    # thread's frame and locals for the garbage collector (see _sampler.helper_tick).
+    frames.clear()
     return units
 
 

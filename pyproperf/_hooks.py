@@ -19,6 +19,12 @@ Other modules never patch the interpreter themselves; they register here:
 * ``at_fork_child`` / ``at_exit``: one ``os.register_at_fork`` handler and
   one ``atexit`` handler, calling the registered functions (at exit, the
   last registered first, as ``atexit`` does).
+* ``at_hard_exit`` / ``at_sigterm`` (``run --subprocesses`` only): a
+  wrapper of ``os._exit`` (how multiprocessing's forked children end,
+  skipping ``atexit``) that runs the registered functions first, and a
+  SIGTERM handler, installed only where SIGTERM has its default action
+  (``Pool.terminate`` ends idle workers so), that runs them and then dies
+  by SIGTERM as the process would have.
 * ``real_thread``: the OS-thread primitives, also under gevent's monkey
   patching (which makes ``threading`` hand out greenlets).
 
@@ -45,7 +51,10 @@ __all__ = [
     "after_import",
     "at_exit",
     "at_fork_child",
+    "at_hard_exit",
+    "at_sigterm",
     "cancel_import_hook",
+    "exit_work",
     "on_thread_run",
     "on_thread_start",
     "real_get_ident",
@@ -346,12 +355,128 @@ def _after_fork_in_child() -> None:
 
 
 def _at_exit() -> None:
-    for fn in reversed(_exit):
-        try:
-            fn()
-        except Exception as exc:  # at exit, a report beats a traceback
-            print(f"pyproperf: at exit: {exc!r}", file=sys.stderr)
+    with exit_work():  # a SIGTERM now waits until every exit function has run
+        for fn in reversed(_exit):
+            try:
+                fn()
+            except Exception as exc:  # at exit, a report beats a traceback
+                print(f"pyproperf: at exit: {exc!r}", file=sys.stderr)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_at_exit)
+
+
+# -- os._exit and SIGTERM (run --subprocesses) ----------------------------------------------
+
+_hard_exit: list[Callable[[], None]] = []
+
+
+def at_hard_exit(fn: Callable[[], None]) -> None:
+    """Run ``fn()`` when the process calls ``os._exit`` (which skips ``atexit``).
+
+    Wraps ``os._exit`` on first use; code that saved ``os._exit`` under
+    another name before that bypasses the wrapper.
+    """
+    _hard_exit.append(fn)
+
+    def make(original: Callable[[int], Any]) -> Callable[[int], Any]:
+        def _exit(status: int) -> Any:
+            for hook in list(reversed(_hard_exit)):
+                try:
+                    hook()
+                except Exception:
+                    pass
+            return original(status)
+
+        return _exit
+
+    wrap_attribute(os, "_exit", make, calls_user_code=False)
+
+
+class _ExitWork:
+    """Exit work in progress in this process (``exit_work``): SIGTERM waits for its end."""
+
+    busy = 0
+    sigterm_pending = False
+
+
+def exit_work() -> Any:
+    """A context manager around work done as the process ends (writing its profile).
+
+    A SIGTERM that arrives meanwhile (``at_sigterm``'s handler, maybe on the
+    very thread doing the work) does not kill the process mid-write: it is
+    noted, and the process dies by it when the work is done.
+    """
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def work() -> Any:
+        _ExitWork.busy += 1
+        try:
+            yield
+        finally:
+            _ExitWork.busy -= 1
+            if not _ExitWork.busy and _ExitWork.sigterm_pending:
+                _die_by(signal.SIGTERM)
+
+    return work()
+
+
+def _die_by(signum: int) -> None:
+    import signal
+
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def at_sigterm(fn: Callable[[], None], timeout: float = 10.0) -> bool:
+    """Run ``fn()`` on SIGTERM, then die by SIGTERM; False if SIGTERM is not ours to take.
+
+    Only where SIGTERM has its default action (death) and from the main
+    thread.  The handler runs ``fn`` on a raw thread of its own and waits
+    at most ``timeout`` seconds: the handler may have interrupted the main
+    thread inside a lock ``fn`` needs, which would otherwise never be
+    released.  Then the default action is restored and the signal raised
+    again, so the parent sees the same death.  During ``exit_work`` the
+    death waits for the work's end instead.
+    """
+    import signal
+
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return False
+    except (ValueError, OSError):
+        return False
+    real = real_thread()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if _ExitWork.busy:
+            _ExitWork.sigterm_pending = True
+            return
+        done = real.allocate_lock()
+        done.acquire()
+
+        def work() -> None:
+            try:
+                fn()
+            except Exception:
+                pass
+            finally:
+                done.release()
+
+        try:
+            try:
+                real.start_new_thread(work, ())
+            except RuntimeError:  # the interpreter is shutting down: no new thread, so here
+                work()
+            done.acquire(True, timeout)
+        finally:
+            _die_by(signal.SIGTERM)
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # not the main thread
+        return False
+    return True

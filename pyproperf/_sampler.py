@@ -238,7 +238,19 @@ class _Engine:
         self.states = {}
 
     def after_fork_in_child(self) -> None:
-        """The child starts clean: no collectors, no timer, the old handler back."""
+        """The child starts clean: no collectors, no timer, the old handler back.
+
+        threading keeps the parent's native id for the thread that forked
+        (multiprocessing corrects it in its own children, nothing else does);
+        each thread's CPU clock is read by that id, so a profile started in
+        the child would read none (EINVAL) without the correction here.
+        """
+        set_native_id = getattr(threading.current_thread(), "_set_native_id", None)
+        if callable(set_native_id):
+            try:
+                set_native_id()
+            except Exception:
+                pass
         real = _hooks.real_thread()
         self._lock = real.RLock()
         self._tick_lock = real.allocate_lock()
@@ -396,6 +408,10 @@ class _Engine:
                     )
                 self._charge(collectors, st, sighting, running, used, now)
             self._forget_dead(frames, active)
+            # The dict holds this frame, which holds the dict: a cycle that would keep every
+            # thread's frame (and its locals) for the garbage collector, which finalizes
+            # them in any order (a BytesIO before the memoryview on it: BufferError).
+            frames.clear()
 
     def _charge(
         self,
@@ -453,6 +469,7 @@ class _Engine:
                     continue
             sighting = _stacks.capture(frame, ident)
             self._charge(collectors, st, sighting, False, used, now, final=True)
+        frames.clear()  # it holds this frame: no cycle for the collector (see helper_tick)
 
     def settle_current_thread(self, code: CodeType | None = None) -> None:
         """Charge the calling thread's CPU up to now, held-back CPU included.

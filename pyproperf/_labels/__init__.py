@@ -264,7 +264,7 @@ def _register_outermost(frame: FrameType, value: LabelSet) -> None:
     ident = _hooks.real_get_ident()
     old = _outermost.get(ident)
     if old is None:
-        running = sys._current_frames()
+        running = set(sys._current_frames())  # idents only: the frames would make a cycle
         try:
             idents = list(_outermost)
         except RuntimeError:  # another thread changed it meanwhile: prune next time
