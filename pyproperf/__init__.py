@@ -13,6 +13,7 @@ from __future__ import annotations
 # (_registry), memory (_heap), block and mutex (_contention).
 from pyproperf._contention import set_block_profile_rate, set_mutex_profile_fraction
 from pyproperf._cpu import cpu_profile, flush, start_cpu_profile, stop_cpu_profile
+from pyproperf._dump import dump_on_signal
 from pyproperf._heap import heap_profile, start_heap_profile, stop_heap_profile
 from pyproperf._labels import (
     LabelContext,
@@ -33,6 +34,7 @@ __all__ = [  # noqa: RUF022 - grouped by area, as the docs are
     "flush",
     "start_cpu_profile",
     "stop_cpu_profile",
+    "dump_on_signal",
     # --- labels ---
     "LabelContext",
     "LabelSet",
@@ -59,3 +61,14 @@ __all__ = [  # noqa: RUF022 - grouped by area, as the docs are
 ]
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext pyproperf``: register the ``%%pprof`` and ``%pprof`` magics.
+
+    IPython calls it; the magics' module (and IPython) is imported only now.
+    See docs/integrations.md.
+    """
+    from pyproperf._ipython import load
+
+    load(ipython)

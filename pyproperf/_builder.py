@@ -5,7 +5,9 @@ sources hand it ``Frame`` tuples (already resolved to names, files and
 lines), value lists and labels.  It interns strings, functions and
 locations, assigns ids from 1 as pprof requires, and writes the result
 gzipped with Go's header bytes.  It is the only module that imports the
-generated protobuf code.
+generated protobuf code, and only when a profile is first built or read
+(``_pb()``): protobuf takes 25-45 ms to import, which ``import pyproperf``
+(and the pytest plugin, loaded in every pytest run) should not pay.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import io
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple
-
-from google.protobuf.message import DecodeError
+from types import ModuleType
+from typing import TYPE_CHECKING, NamedTuple
 
 from pyproperf import _read
-from pyproperf._pb import profile_pb2 as pb
+
+if TYPE_CHECKING:
+    from pyproperf._pb import profile_pb2 as pb
 
 __all__ = [
     "Frame",
@@ -33,6 +36,14 @@ __all__ = [
     "gzip_bytes",
     "merge_profiles",
 ]
+
+
+def _pb() -> ModuleType:
+    """The generated profile.proto module, imported on first use."""
+    from pyproperf._pb import profile_pb2
+
+    module: ModuleType = profile_pb2
+    return module
 
 
 class Frame(NamedTuple):
@@ -112,7 +123,7 @@ class ProfileBuilder:
         duration_nanos: int = 0,
         comments: Sequence[str] = (),
     ) -> None:
-        self._profile = pb.Profile()
+        self._profile = _pb().Profile()
         self._strings: dict[str, int] = {"": 0}
         self._functions: dict[tuple[str, str, int], int] = {}
         self._locations: dict[Frame, int] = {}
@@ -242,6 +253,8 @@ def merge_profiles(
     *,
     time_nanos: int | None = None,
     duration_nanos: int | None = None,
+    labels: Sequence[Sequence[tuple[str, str | int]]] | None = None,
+    max_size: int | None = None,
 ) -> bytes:
     """Merge encoded profiles (gzipped or raw) as google/pprof's ``profile.Merge``; gzip it.
 
@@ -254,16 +267,23 @@ def merge_profiles(
     ``incompatible ...``), largest period, earliest non-zero time, summed
     durations, de-duplicated comments, first non-empty default sample type;
     ``time_nanos`` / ``duration_nanos`` override the last two.
-    (Used by pyproperf.http; lives here because only this module imports protobuf.)
+    ``labels``: per source, labels put on each of its samples (a str value
+    a string label, an int a numeric one; replacing labels of the same
+    key), as ``run --subprocesses`` tags every sample with its process.
+    Sources are read as ``decode`` reads them (``max_size`` bounds the
+    work for files from elsewhere); a bad one raises its ValueError.
+    (Used by pyproperf.http, ``run --subprocesses`` and ``merge``; lives
+    here because only this module imports protobuf.)
     """
     if not sources:
         raise ValueError("no profiles to merge")
     factors = list(scales) if scales is not None else [1] * len(sources)
     if len(factors) != len(sources):
         raise ValueError("one scale per profile")
-    profs = [
-        pb.Profile.FromString(gzip.decompress(d) if d[:2] == b"\x1f\x8b" else d) for d in sources
-    ]
+    extra = [list(x) for x in labels] if labels is not None else [[] for _ in sources]
+    if len(extra) != len(sources):
+        raise ValueError("one label list per profile")
+    profs = [decode(d, max_size) for d in sources]
     types = _compatible_types(profs)
     out = _Merged()
     out.combine_headers(profs, types)
@@ -273,9 +293,9 @@ def merge_profiles(
         out.profile.duration_nanos = duration_nanos
     # Pass 1: key everything by content; pass 2 writes only what kept samples use.
     samples: dict[_SampleKey, _MergedSample] = {}
-    for p, factor in zip(profs, factors, strict=True):
+    for p, factor, tags in zip(profs, factors, extra, strict=True):
         locations = _location_keys(p, out.add_mappings(p))
-        _add_samples(p, factor, locations, samples, len(types))
+        _add_samples(p, factor, locations, samples, len(types), tags)
     out.write_samples(samples)
     return out.to_gzip()
 
@@ -321,13 +341,21 @@ def _add_samples(
     locations: dict[int, _LocationKey],
     samples: dict[_SampleKey, _MergedSample],
     nvalues: int,
+    tags: Sequence[tuple[str, str | int]] = (),
 ) -> None:
-    """Add ``p``'s samples that have a non-zero value, scaled by ``factor``, to ``samples``."""
+    """Add ``p``'s samples that have a non-zero value, scaled by ``factor``, to ``samples``,
+    each with the labels ``tags`` (in place of its own labels of those keys)."""
     st = p.string_table
+    keys = {k for k, _ in tags}
+    added: list[_Label] = [
+        (k, "", v, "") if isinstance(v, int) else (k, v, 0, "") for k, v in tags
+    ]
     for smp in p.sample:
         if not any(smp.value):
             continue
         labels = [(st[lb.key], st[lb.str], lb.num, st[lb.num_unit]) for lb in smp.label]
+        if added:
+            labels = [lb for lb in labels if lb[0] not in keys] + added
         skey = (tuple(locations[i] for i in smp.location_id), tuple(sorted(labels)))
         merged = samples.get(skey)
         if merged is None:
@@ -343,7 +371,7 @@ class _Merged:
     __slots__ = ("_functions", "_locations", "_mappings", "_strings", "profile")
 
     def __init__(self) -> None:
-        self.profile = pb.Profile()
+        self.profile = _pb().Profile()
         self._strings: dict[str, int] = {"": 0}
         # (size, file offset, build id or file) -> (id, start)
         self._mappings: dict[tuple[int, int, str], tuple[int, int]] = {}
@@ -464,8 +492,10 @@ def decode_uncompressed(data: bytes, max_size: int | None = None) -> pb.Profile:
     if not data:
         raise ValueError("parsing profile: empty input file")
     _read.check_wire(data, _read.limits_for(max_size))
+    from google.protobuf.message import DecodeError
+
     try:
-        p = pb.Profile.FromString(data)
+        p = _pb().Profile.FromString(data)
     except DecodeError:
         raise _read.unrecognized("corrupt protobuf data") from None
     _check_strings(p)

@@ -65,6 +65,8 @@ class Options:
     clock: str = "cpu"
     heap: str | None = None
     http: str | None = None
+    subprocesses: bool = False  # follow child processes and merge (``_subprocesses``)
+    html: bool = False  # also write the HTML report next to the profile (``_view``)
 
 
 def check_output_path(path: str) -> str:
@@ -108,7 +110,7 @@ def run(options: Options, target: str, args: Sequence[str], *, module: bool) -> 
     after the profile is written, so Python ends the process as it would
     have without us.
     """
-    missing = _missing_target(target, module)
+    missing = _missing_target(target, module) or _check_family(options) or _install_dump()
     if missing:
         return missing
     if options.heap is not None:
@@ -132,6 +134,7 @@ def run(options: Options, target: str, args: Sequence[str], *, module: bool) -> 
         f for f in ("<frozen runpy>", getattr(runpy, "__file__", None), launcher) if f
     )
     _prepare_sys(target, args, module)
+    family = _start_family(options, cpu_path, heap_path)
     # What ``with cpu_profile(...)`` does, keeping the totals for the summary.
     collector = Collector(options.hz, options.clock)
     engine.add(collector)
@@ -154,8 +157,12 @@ def run(options: Options, target: str, args: Sequence[str], *, module: bool) -> 
         cpu = collector.build_counted()
         if server is not None:
             server.stop()
-        summary = _cpu_summary(cpu, collector.clock, elapsed)
+        cpu, heap_written, summary = _merge_family(
+            family, target, cpu, heap_written, _cpu_summary(cpu, collector.clock, elapsed)
+        )
         ok = _deliver(cpu_path, options.output, cpu.data, summary)
+        if options.html and ok:
+            ok = _deliver_html(cpu_path, options.output)
         if heap is not None and ok:
             _say(
                 f"note: {options.output} includes tracemalloc's cost: --heap traces every "
@@ -163,7 +170,7 @@ def run(options: Options, target: str, args: Sequence[str], *, module: bool) -> 
                 "CPU without --heap for true proportions"
             )
         if heap_written is not None:
-            shown, summary = options.heap or "", _heap_summary(heap_written)
+            shown, summary = options.heap or "", _heap_summary(heap_written, family)
             ok = _deliver(heap_path, shown, heap_written.data, summary) and ok
     if held.interrupted and failure is None:
         failure = KeyboardInterrupt()
@@ -391,7 +398,65 @@ class _HoldInterrupts:
             signal.signal(signal.SIGINT, previous)
 
 
-# --- heap and http (optional) --------------------------------------------------
+# --- heap, http and subprocesses (optional) -------------------------------------
+
+
+def _install_dump() -> int:
+    """``PYPROPERF_DUMP_SIGNAL``: install ``dump_on_signal``; 2 (said in one line) if it is bad."""
+    from pyproperf import _dump
+
+    problem = _dump.install_from_environment()
+    if problem:
+        print(f"pyproperf run: {problem}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _check_family(options: Options) -> int:
+    """``--subprocesses``: 2 (said in one line) if the per-process files cannot be made."""
+    if not options.subprocesses:
+        return 0
+    from pyproperf import _subprocesses
+
+    for path in filter(None, (options.output, options.heap)):
+        each = _subprocesses.per_process_path(os.path.abspath(path), os.getpid())
+        special = (os.path.exists(path) and not os.path.isfile(path)) or \
+            os.path.abspath(path).startswith(("/dev/", "/proc/"))  # /dev/stdout: a file, maybe
+        problem = "not a regular file (each process's file goes next to it)" if special \
+            else check_output_path(each)
+        if problem:
+            print(f"pyproperf run: argument --subprocesses: {path}: {problem}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def _start_family(options: Options, cpu_path: str, heap_path: str) -> Any:
+    """``--subprocesses``: set the session up for the children (None without it)."""
+    if not options.subprocesses:
+        return None
+    from pyproperf import _subprocesses
+
+    return _subprocesses.Parent(
+        cpu_path, heap_path or None, options.hz, options.clock, options.http
+    )
+
+
+def _merge_family(
+    family: Any, target: str, cpu: Built, heap: _heap.Written | None, summary: str
+) -> tuple[Built, _heap.Written | None, str]:
+    """``--subprocesses``: this process's profiles merged with its children's, and a summary
+    (all as they are without it)."""
+    if family is None:
+        return cpu, heap, summary
+    name = os.path.basename(target) or target
+    done = family.finish(name, cpu.data, heap.data if heap is not None else None)
+    if done.lost:
+        _say(done.lost)
+    n = done.processes
+    summary = f"{n} process{'' if n == 1 else 'es'} merged, labelled pid and process"
+    merged_heap = heap._replace(data=done.heap) if heap is not None and done.heap else heap
+    return cpu._replace(data=done.cpu), merged_heap, summary
+
 
 
 def _start_heap() -> Callable[[], _heap.Written]:
@@ -442,13 +507,30 @@ def _deliver(path: str, shown: str, data: bytes, summary: str) -> bool:
     return True
 
 
+def _deliver_html(profile_path: str, shown: str) -> bool:
+    """``--html``: the report of the profile just written, next to it; False on failure."""
+    from pyproperf import _view
+
+    path = _view.html_path_for(profile_path)
+    shown_html = _view.html_path_for(shown)
+    try:
+        size = _view.write_report(profile_path, path)
+    except (OSError, ValueError) as exc:
+        _say(f"could not write {shown_html}: {exc}")
+        return False
+    _say(f"wrote {shown_html} ({_view.size_text(size)}; open it in a web browser)")
+    return True
+
+
 def _cpu_summary(cpu: Built, clock: str, elapsed: float) -> str:
     seconds = cpu.duration_ns / 1e9 if cpu.duration_ns else elapsed
     text = f"{seconds:.2f} s, {cpu.samples} sample{'' if cpu.samples == 1 else 's'}"
     return f"{text}, {cpu.nanos / 1e9:.2f} s {clock}"
 
 
-def _heap_summary(heap: _heap.Written) -> str:
+def _heap_summary(heap: _heap.Written, family: Any = None) -> str:
+    if family is not None:
+        return "merged likewise"
     from pyproperf._top import scaled_label
 
     return f"{heap.stacks} stacks, {scaled_label(heap.inuse_bytes, 'bytes')} in use"

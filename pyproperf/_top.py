@@ -400,9 +400,20 @@ def _prune(
 
 
 def render(
-    profile: Any, *, nodecount: int = 0, cum: bool = False, sample_index: str = ""
+    profile: Any,
+    *,
+    nodecount: int = 0,
+    cum: bool = False,
+    sample_index: str = "",
+    keep: Callable[[Any], bool] | None = None,
+    active_filters: Sequence[str] = (),
 ) -> str:
-    """The text of ``go tool pprof -top [-nodecount=N] [-cum] [-sample_index=X]``."""
+    """The text of ``go tool pprof -top [-nodecount=N] [-cum] [-sample_index=X]``.
+
+    ``keep`` picks the samples shown (``_filter.SampleFilter.keeps``), with
+    pprof's ``Active filters:`` legend lines ``active_filters``; percentages
+    stay relative to the whole profile's total, as pprof's are.
+    """
     st = profile.string_table
     index = select_sample_index(profile, sample_index)
     sample_type = profile.sample_type[index]
@@ -412,7 +423,7 @@ def render(
     location_lines = {loc.id: [ln.function_id for ln in loc.line] for loc in profile.location}
     marks = _prune(profile, names, location_lines)
     location_nodes = _location_nodes(profile, names, location_lines)
-    stacks, total = _sample_stacks(profile, index, marks)
+    stacks, total = _sample_stacks(profile, index, marks, keep)
     top = _trimmed_graph(stacks, location_nodes, nodecount, cum)
     out_unit = _output_unit(top.graph, top.nodes, total, unit)
 
@@ -420,6 +431,7 @@ def render(
         return scaled_label(v, unit, out_unit)
 
     lines = _profile_labels(profile, type_name, unit, total, fmt)
+    lines.extend(active_filters)
     lines.extend(_showing(top, total, fmt))
     lines.append(f"{'flat':>10} {'flat':>5}% {'sum':>5}% {'cum':>10} {'cum':>5}%")
     lines.extend(_rows(top, total, fmt))
@@ -450,9 +462,11 @@ def _location_nodes(
 
 
 def _sample_stacks(
-    profile: Any, index: int, marks: dict[int, bool]
+    profile: Any, index: int, marks: dict[int, bool], keep: Callable[[Any], bool] | None = None
 ) -> tuple[list[tuple[tuple[int, ...], int]], int]:
     """The stacks (pruned by ``marks``) with their values summed, and the total.
+
+    Only samples ``keep`` keeps count in the stacks; all count in the total.
 
     The total is computeTotal's: the sum of the absolute values, of the
     diff base's samples alone (label ``pprof::base=true``) if it has any.
@@ -470,7 +484,7 @@ def _sample_stacks(
         ):
             has_base = True
             base_total += abs(w)
-        if w == 0:
+        if (keep is not None and not keep(s)) or w == 0:
             continue
         locations = tuple(s.location_id)
         if marks:

@@ -21,9 +21,12 @@ LAYERS: dict[int, set[str]] = {
     3: {"_stacks"},  # frames -> stack keys
     4: {"_sampler", "_sigprof", "_helper", "_estimate", "_cpu", "_goroutine", "_heap",
         "_contention"},  # sources
-    5: {"_registry", "_top"},  # profiles as objects, reports
+    5: {"_registry", "_top", "_merge", "_dump", "_filter", "_reports", "_convert",
+        "_view", "_view._model", "_view._source"},  # the HTML report: _view
+    # (5: profiles as objects, reports, merging, pprof's filters, conversions)
     # outputs and the public API; the http package's private modules (http._core...) too
-    6: {"http", "__main__", "__init__", "_cli_run"},
+    6: {"http", "__main__", "__init__", "_cli_run", "_subprocesses", "_command",
+        "_boot.sitecustomize", "_pytest_options", "_pytest_plugin", "_ipython"},
 }
 
 
@@ -126,6 +129,9 @@ def test_import_is_light() -> None:
     heavy = eval(out.stdout)
     assert "asyncio" not in heavy and "greenlet" not in heavy and "http.server" not in heavy
     assert "gevent" not in heavy
+    # protobuf only when a profile is built or read (the pytest plugin is imported in
+    # every pytest run of an environment with pyproperf in it).
+    assert not [m for m in heavy if m.startswith("google.protobuf")], heavy
     assert not [m for m in heavy if m.startswith("pyproperf.http")], heavy
 
 
