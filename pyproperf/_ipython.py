@@ -30,13 +30,20 @@ import shlex
 import sys
 from collections.abc import Callable
 from types import CodeType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, needs_local_scope
 
 from pyproperf import _builder, _heap, _io, _own, _top
 from pyproperf._sampler import CLOCKS, MAX_HZ, Collector, engine
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _typed(decorator: Any) -> Callable[[_F], _F]:
+    """An IPython method decorator, typed: IPython 8 (the last for Python 3.10) has no hints."""
+    return cast(Callable[[_F], _F], decorator)
 
 __all__ = ["PprofMagics", "load", "parse_options", "report_frame"]
 
@@ -119,8 +126,8 @@ def parse_options(line: str) -> tuple[Options, str]:
 class PprofMagics(Magics):
     """The ``pprof`` magic (line and cell)."""
 
-    @needs_local_scope
-    @line_cell_magic
+    @_typed(needs_local_scope)
+    @_typed(line_cell_magic)
     @_own.calls_user_code
     def pprof(self, line: str = "", cell: str | None = None, local_ns: Any = None) -> Any:
         """Profile a cell (``%%pprof``) or a statement (``%pprof``) with pyproperf.
@@ -257,6 +264,7 @@ def report_frame(data: bytes, title: str) -> str:
 
 
 def _shell() -> Any:
-    from IPython import get_ipython
+    from IPython.core import getipython
 
+    get_ipython: Any = getipython.get_ipython  # untyped in IPython 8
     return get_ipython()
