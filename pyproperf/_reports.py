@@ -12,55 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pyproperf import _top
+from pyproperf import _text, _top
 from pyproperf._filter import num_label_units, sample_labels
 
-__all__ = ["render_tags", "render_traces", "tabwrite"]
+__all__ = ["render_tags", "render_traces"]
 
 _SEPARATOR = "-----------+-------------------------------------------------------"
-
-
-def tabwrite(text: str) -> str:
-    """Go's ``tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.AlignRight)`` applied to ``text``.
-
-    Tab-terminated cells form columns over runs of consecutive lines that
-    have them; each column is as wide as its widest cell plus one, and cells
-    are padded on the left.  The last cell of a line belongs to no column.
-    """
-    lines = [line.split("\t") for line in text.split("\n")]
-    widths: list[int] = []
-    out: list[str] = []
-
-    def write(line0: int, line1: int) -> None:
-        for cells in lines[line0:line1]:
-            parts = []
-            for j, cell in enumerate(cells[:-1]):
-                pad = widths[j] - len(cell) if j < len(widths) else 0
-                parts.append(" " * pad + cell)
-            parts.append(cells[-1])
-            out.append("".join(parts))
-
-    def fmt(line0: int, line1: int) -> None:
-        column = len(widths)
-        this = line0
-        while this < line1:
-            if column >= len(lines[this]) - 1:
-                this += 1
-                continue
-            write(line0, this)
-            line0 = this
-            width = 0
-            while this < line1 and column < len(lines[this]) - 1:
-                width = max(width, len(lines[this][column]) + 1)
-                this += 1
-            widths.append(width)
-            fmt(line0, this)
-            widths.pop()
-            line0 = this
-        write(line0, line1)
-
-    fmt(0, len(lines))
-    return "\n".join(out)
 
 
 def _value_format(profile: Any, sample_index: str) -> tuple[int, str, Callable[[int], str]]:
@@ -114,7 +71,7 @@ def render_tags(
             else:
                 out.append(f" \t{fmt(v)}:\t {text}")
         out.append("")
-    return tabwrite("".join(line + "\n" for line in out))
+    return _text.tabwrite(out, spaces_right=True)
 
 
 def render_traces(

@@ -153,8 +153,12 @@ _PADDING = 1
 _CELL_SEP = re.compile("[\t\v]")
 
 
-def _format_segment(text: str, out: list[str]) -> None:
-    """text/tabwriter's ``format`` over one flushed segment (no ``\\f`` inside)."""
+def _format_segment(text: str, out: list[str], spaces_right: bool) -> None:
+    """text/tabwriter's ``format`` over one flushed segment (no ``\\f`` inside).
+
+    ``spaces_right``: cells padded with spaces on the left (``padchar``
+    ``' '``, ``AlignRight``), else with tabs on the right (``'\\t'``, no flags).
+    """
     lines = [_CELL_SEP.split(line) for line in text.split("\n")]
     if lines[-1][-1] == "":
         # Flush terminates the unfinished last cell only if it has text.
@@ -168,10 +172,13 @@ def _format_segment(text: str, out: list[str]) -> None:
         for i in range(line0, line1):
             cells = lines[i]
             for j, cell in enumerate(cells):
-                append(cell)
-                if j < ncols:
+                if j >= ncols:
+                    append(cell)
+                elif spaces_right:
+                    append(" " * (widths[j] - len(cell)) + cell)
+                else:
                     cellw = -(-widths[j] // _TABWIDTH) * _TABWIDTH
-                    append("\t" * -(-(cellw - len(cell)) // _TABWIDTH))
+                    append(cell + "\t" * -(-(cellw - len(cell)) // _TABWIDTH))
             if i + 1 != nlines:
                 append("\n")
 
@@ -198,7 +205,7 @@ def _format_segment(text: str, out: list[str]) -> None:
     fmt(0, nlines)
 
 
-def tabwrite(text: str | Iterable[str]) -> str:
+def tabwrite(text: str | Iterable[str], *, spaces_right: bool = False) -> str:
     """Pad ``text`` as Go's ``tabwriter.NewWriter(w, 1, 8, 1, '\\t', 0)`` would.
 
     ``text`` is the whole stream, or an iterable of lines (without newlines;
@@ -209,14 +216,18 @@ def tabwrite(text: str | Iterable[str]) -> str:
     ``\\f`` ends a line and restarts the alignment, as a flush does in Go
     (it prints as ``\\n``).  Widths count code points.  Not emulated: the
     0xFF escape byte, which Python text cannot contain as such.
+
+    ``spaces_right``: as ``tabwriter.NewWriter(w, 0, 0, 1, ' ', AlignRight)``
+    instead (pprof's ``-tags`` table): columns exactly as wide as their
+    longest cell plus one, cells right-aligned with spaces.
     """
     if not isinstance(text, str):
         text = "".join(line + "\n" for line in text)
     out: list[str] = []
     *flushed, rest = text.split("\f")
     for segment in flushed:
-        _format_segment(segment + "\n", out)
-    _format_segment(rest, out)
+        _format_segment(segment + "\n", out, spaces_right)
+    _format_segment(rest, out, spaces_right)
     return "".join(out)
 
 
