@@ -13,6 +13,13 @@ import pytest
 from pyproperf import _labels, _sampler
 from tests.pprof_tool import pprof_binary
 
+# A suite started in the background by a script (`cmd &`) inherits SIGINT ignored, and so
+# would every program the tests start: Python then installs no KeyboardInterrupt handler
+# and the Ctrl-C tests wait forever for programs that ignore it.  Give the suite (and so
+# its children) the disposition a terminal gives.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _go_pprof_available() -> None:
