@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.pprof_tool import check_valid, load, pprof, stacks, top_by_name
+from tests.procs import communicate_or_kill
 
 EXAMPLES = Path(__file__).parent / "examples"
 
@@ -253,7 +254,7 @@ def interrupt(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     assert proc.stdout.readline() == "ready\n"
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, stderr = communicate_or_kill(proc, 60)
     return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
 
@@ -326,7 +327,7 @@ def interrupt_exit(args: list[str], cwd: Path) -> subprocess.CompletedProcess[st
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, stderr = communicate_or_kill(proc, 60)
     return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
 
@@ -461,7 +462,7 @@ def test_http_serves_while_the_program_runs(tmp_path: Path) -> None:
         check_valid(load(tmp_path / "live.pb.gz"))
     finally:
         (tmp_path / "go").touch()
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = communicate_or_kill(proc, 60)
     assert proc.returncode == 0, stderr
     assert_profile(tmp_path / "cpu.pb.gz", "__main__.hot")
 
@@ -511,7 +512,7 @@ def test_heap_stacks_are_the_programs_only(tmp_path: Path) -> None:
                 (tmp_path / f"{name}.pb.gz").write_bytes(response.read())
     finally:
         (tmp_path / "go").touch()
-        _, stderr = proc.communicate(timeout=120)
+        _, stderr = communicate_or_kill(proc, 120)
     assert proc.returncode == 0, stderr
     dump = (tmp_path / "served_goroutines.pb.gz").read_text()
     assert "goroutine " in dump and "prog.py" in dump, dump[:500]  # the dump did run

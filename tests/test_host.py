@@ -26,6 +26,7 @@ import pytest
 import pyproperf
 from tests.cpu_workloads import spin
 from tests.pprof_tool import top_by_name
+from tests.procs import communicate_or_kill
 
 
 @pytest.fixture
@@ -165,7 +166,7 @@ def test_ctrl_c_still_interrupts_and_profile_lands(tmp_path: Path) -> None:
     assert proc.stdout.readline() == "ready\n"
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=20)
+    stdout, _ = communicate_or_kill(proc, 20)
     assert "interrupted" in stdout
     assert proc.returncode == 0
     assert top_by_name(out_path)["__main__.hot"].cum > 0.2
