@@ -5,9 +5,10 @@ sources hand it ``Frame`` tuples (already resolved to names, files and
 lines), value lists and labels.  It interns strings, functions and
 locations, assigns ids from 1 as pprof requires, and writes the result
 gzipped with Go's header bytes.  It is the only module that imports the
-generated protobuf code, and only when a profile is first built or read
-(``_pb()``): protobuf takes 25-45 ms to import, which ``import pyproperf``
-(and the pytest plugin, loaded in every pytest run) should not pay.
+generated protobuf code.  It imports it at once, not on first use: a
+first import while the interpreter exits (a profile answered or written
+at exit) makes Python lose an unhandled Ctrl-C's exit by SIGINT
+(``tests/test_http.py::test_ctrl_c_answers_profile_in_flight``).
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ import io
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from types import ModuleType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
+
+from google.protobuf.message import DecodeError
 
 from pyproperf import _read
-
-if TYPE_CHECKING:
-    from pyproperf._pb import profile_pb2 as pb
+from pyproperf._pb import profile_pb2 as pb
 
 __all__ = [
     "Frame",
@@ -36,14 +36,6 @@ __all__ = [
     "gzip_bytes",
     "merge_profiles",
 ]
-
-
-def _pb() -> ModuleType:
-    """The generated profile.proto module, imported on first use."""
-    from pyproperf._pb import profile_pb2
-
-    module: ModuleType = profile_pb2
-    return module
 
 
 class Frame(NamedTuple):
@@ -123,7 +115,7 @@ class ProfileBuilder:
         duration_nanos: int = 0,
         comments: Sequence[str] = (),
     ) -> None:
-        self._profile = _pb().Profile()
+        self._profile = pb.Profile()
         self._strings: dict[str, int] = {"": 0}
         self._functions: dict[tuple[str, str, int], int] = {}
         self._locations: dict[Frame, int] = {}
@@ -371,7 +363,7 @@ class _Merged:
     __slots__ = ("_functions", "_locations", "_mappings", "_strings", "profile")
 
     def __init__(self) -> None:
-        self.profile = _pb().Profile()
+        self.profile = pb.Profile()
         self._strings: dict[str, int] = {"": 0}
         # (size, file offset, build id or file) -> (id, start)
         self._mappings: dict[tuple[int, int, str], tuple[int, int]] = {}
@@ -492,10 +484,8 @@ def decode_uncompressed(data: bytes, max_size: int | None = None) -> pb.Profile:
     if not data:
         raise ValueError("parsing profile: empty input file")
     _read.check_wire(data, _read.limits_for(max_size))
-    from google.protobuf.message import DecodeError
-
     try:
-        p = _pb().Profile.FromString(data)
+        p = pb.Profile.FromString(data)
     except DecodeError:
         raise _read.unrecognized("corrupt protobuf data") from None
     _check_strings(p)

@@ -6,9 +6,8 @@ what is measured).  Installing pyproperf puts this module in every pytest
 run of the environment, so it only adds the options: the plugin proper
 (and the sampler, pytest's hooks, the summary) is imported and switched on
 only when an option asks for it.  Importing it imports ``pyproperf``
-itself, as any submodule does (``import pyproperf``: about 60 ms, no
-protobuf, no thread, no signal handler; docs/integrations.md has the
-measured cost and what it changes).
+itself, as any submodule does (no thread, timer or signal handler;
+docs/integrations.md has the measured cost and what it changes).
 """
 
 from __future__ import annotations
