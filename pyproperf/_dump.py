@@ -12,8 +12,11 @@ What runs where, so that the dump is safe whatever the program is doing:
   function.  It is installed with SA_RESTART semantics
   (``signal.siginterrupt(sig, False)``): no system call of the program
   sees EINTR because of it.
-* A daemon thread of ours, started when the handler is installed (and
-  again in a forked child), reads the pipe and does the work: the dump,
+* A thread of ours, started when the handler is installed (and again in
+  a forked child), reads the pipe and does the work.  It is a real OS
+  thread (``_hooks.real_thread``), as the heap sampler's: under gevent's
+  monkey patching a ``threading`` thread is a greenlet, whose blocking
+  read of the pipe would stop the whole program.  Its work: the dump,
   and the CPU profile (``_sampler.Collector``, not ``start_cpu_profile``'s
   slot, so the program's own profiles are not disturbed).  Nothing is
   started from inside a signal handler.
@@ -31,7 +34,6 @@ import contextlib
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -61,22 +63,20 @@ class _Dumper:
         self.cpu_path = cpu_path
         self.previous: Any = None
         self.cpu_running = False
-        self._lock = threading.Lock()
+        self._lock = _hooks.real_thread().allocate_lock()
         self._start_thread()
 
     def _start_thread(self) -> None:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
-        thread = threading.Thread(target=self._serve, args=(self._read_fd,),
-                                  name="pyproperf-dump", daemon=True)
-        thread.start()
+        _hooks.real_thread().start_new_thread(self._serve, (self._read_fd,))
 
     def after_fork_in_child(self) -> None:
         """The thread is gone and the pipe is shared with the parent: new ones."""
         for fd in (self._read_fd, self._write_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self._lock = threading.Lock()
+        self._lock = _hooks.real_thread().allocate_lock()
         self.cpu_running = False
         self._start_thread()
 
@@ -131,7 +131,7 @@ class _Dumper:
                     _report("a CPU profile started by an earlier signal is still running")
                     return
                 self.cpu_running = True
-            threading.Thread(target=self._cpu, name="pyproperf-dump-cpu", daemon=True).start()
+            _hooks.real_thread().start_new_thread(self._cpu, ())
 
     def _cpu(self) -> None:
         target = self.cpu_path.replace("%p", str(os.getpid()))
@@ -139,7 +139,9 @@ class _Dumper:
             collector = Collector(100, "cpu")
             engine.add(collector)
             try:
-                threading.Event().wait(self.cpu_seconds)  # the profile's duration
+                pause = _hooks.real_thread().allocate_lock()
+                pause.acquire()
+                pause.acquire(timeout=self.cpu_seconds)  # the profile's duration
             finally:
                 engine.remove(collector)
             _io.write_file(target, collector.build())

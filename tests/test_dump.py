@@ -84,7 +84,8 @@ def test_dump_to_a_file_and_a_cpu_profile_the_program_goes_on(tmp_path: Path) ->
     assert main.startswith("goroutine 1 [") and "__main__.burn_main(...)" in main, dump
     assert waiter.split("\n")[0].endswith('[waiting, thread "waiter"]:'), dump
     assert "__main__.waiting_worker(...)" in waiter
-    assert "pyproperf-dump" not in dump  # the thread taking the dump is ours, not shown
+    # Only the program's two threads: the thread taking the dump is ours, not shown.
+    assert len([b for b in blocks if b.startswith("goroutine ")]) == 2, dump
     cpu = tmp_path / f"cpu.{proc.pid}.pb.gz"
     check_valid(load(cpu))
     top = pprof("-top", "-cum", cpu)
@@ -92,6 +93,33 @@ def test_dump_to_a_file_and_a_cpu_profile_the_program_goes_on(tmp_path: Path) ->
     p = load(cpu)
     assert 0.4e9 <= p.duration_nanos <= 5e9  # the 0.5 s asked, not the program's life
     assert err == ""  # silent, as Go's dump: the files are where the program said
+
+
+def test_under_gevent_the_dump_comes_while_the_program_computes(tmp_path: Path) -> None:
+    """The dump's thread is a real thread: a greenlet would not run (and its blocking read of
+    the pipe would stop the program) while the main greenlet computes without yielding."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent('''
+        from gevent import monkey
+        monkey.patch_all()
+        import os, signal, time
+        import pyproperf
+
+        def burn_main(until):
+            os.kill(os.getpid(), signal.SIGUSR2)  # from in here: the dump finds us here
+            deadline = time.monotonic() + 30
+            while not os.path.exists(until) and time.monotonic() < deadline:
+                sum(range(1000))  # no gevent call: the hub never runs meanwhile
+            print("dumped" if os.path.exists(until) else "no dump", flush=True)
+
+        pyproperf.dump_on_signal(signal.SIGUSR2, path="dump.txt")
+        burn_main("dump.txt")
+    '''))
+    out = subprocess.run([sys.executable, "prog.py"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "dumped\n", out
+    dump = (tmp_path / "dump.txt").read_text()
+    assert "__main__.burn_main(...)" in dump, dump
 
 
 def test_run_installs_it_from_the_environment(tmp_path: Path) -> None:
