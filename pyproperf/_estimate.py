@@ -19,12 +19,13 @@ stacks seen running:
   between, unseen; it is held back (pending) for the next running
   sighting, as the thread will be seen again where it works;
 * held back longer than ``MAX_PENDING_NS``: the thread's work is never
-  seen running (under the GIL, a Python thread whose bursts are shorter
-  than the switch interval cannot be looked at by any other Python
-  thread while it runs).  The CPU goes to the last stack seen running if
-  that sighting is recent, else to the waiting stack with its standard
-  library frames removed, under a ``(ran between samples)`` leaf: the
-  caller that waits is known, the work inside it was not seen.
+  seen running (its bursts are shorter than the helper's wait for the
+  GIL: about 0.2 ms at the helper's short switch interval, a whole
+  interval while threads compete for the GIL; see ``_helper``).  The CPU
+  goes to the last stack seen running if that sighting is recent, else
+  to the waiting stack with its standard library frames removed, under a
+  ``(ran between samples)`` leaf: the caller that waits is known, the
+  work inside it was not seen.
 """
 
 from __future__ import annotations

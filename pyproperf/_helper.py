@@ -4,32 +4,56 @@ The SIGPROF handler can only ever look at the main thread (Python runs
 handlers there).  Every other thread, and the main thread while it is
 blocked or inside C code, is looked at from here.
 
-Looking at a thread while holding the GIL cannot tell, by itself, a
-thread that waits for the GIL (it was running Python a moment ago: its
-stack is where it works) from one blocked in ``sleep`` or ``wait`` (its
-stack is where it waits); Linux shows both asleep on a futex.  So a look
-is a short probe of the CPU clocks:
+**When.**  Every period, at jittered times (0.5 to 1.5 periods apart), so
+no rhythm of the program stays in step with the looks; never at a moment
+the program picks (the handler's wake-up only says "look every period
+again").  While only the main thread works, its own ticks see it and the
+helper looks every 50 ms.  The helper thread asks Linux to wake it on
+time (``_sigprof.precise_wakeups``).
 
-1. read every thread's CPU clock;
+**What a look sees.**  Looking needs the GIL, and CPython takes it from a
+thread running Python only after a whole *switch interval* (5 ms by
+default): a thread that works in bursts shorter than that, then waits,
+has always finished its burst by the time the helper gets the GIL, and is
+never seen working.  So while a look finds CPU it never saw running
+(``held_back``), the helper sets a switch interval of 50 µs
+(``_hooks.lower_switch_interval``): it then gets the GIL about 0.1-0.2 ms
+after it asks, mid-burst.  The program's interval comes back 1 s after
+the last look that found unseen bursts.  A shorter interval costs threads that compete
+for the GIL (each forced turn costs both); a look that finds threads
+competing (``contended``) puts the program's interval back for a hold
+that doubles while the contention lasts (5 periods up to 8 s), and the
+short one returns only when a later look needs it.  The program's own
+interval is back whenever sampling stops, and in a forked child.
+
+**Running or waiting.**  Holding the GIL, the helper cannot tell a thread
+waiting for the GIL (made to let go mid-work: its stack is where it
+works) from one blocked in ``sleep`` or ``wait``; Linux shows both
+asleep on a futex.  So a look is a short probe:
+
+1. read every thread's CPU clock and take the stacks;
 2. let go of the GIL for ``PROBE_S``, so a thread that wants it takes it;
-3. take the GIL back, then read the clocks again and take the stacks.
+3. take the GIL back and read the clocks again.
 
-A thread whose clock advanced by a whole switch interval in step 2 held
-the GIL that long, so CPython made it let go mid-work: it is running where
-it stands (waiting for the GIL).  A thread that used CPU through (nearly)
-all of step 2 and whose clock still moves in step 3, while the helper
-holds the GIL, runs C code without the GIL: also running.  Any other
-thread is waiting, and ``_estimate.observe`` holds its CPU back for the
-next time it is seen running.  A thread seen "running" in the standard
-library's waiting code (it ran, then blocked in ``Condition.wait``, say,
-within a long step 2) is taken as waiting by ``observe``.
+A thread waiting for the GIL at step 1 takes it at once and runs through
+step 2 (so does C code without the GIL); threads competing for the GIL
+share step 2; a thread that woke from a wait during step 2 runs only its
+end (``_sampler.running_threads``).  Running threads are charged at their
+step-1 stacks; any other thread is waiting, and ``_estimate.observe``
+holds its CPU back for the next time it is seen running.  A thread seen
+"running" in the standard library's waiting code is taken as waiting.
 """
 
 from __future__ import annotations
 
+import random
 import sys
+import threading
 import time
 from typing import Any, Protocol
+
+from pyproperf import _hooks
+from pyproperf._sigprof import precise_wakeups
 
 
 class Engine(Protocol):
@@ -44,14 +68,36 @@ class Engine(Protocol):
 
     def read_clocks(self, *, every: bool = False) -> dict[int, int]: ...
     def main_covered(self) -> int | None: ...
-    def helper_tick(self, before: dict[int, int], window: int, interval_ns: int) -> None: ...
+    def capture(self, idents: list[int]) -> dict[int, Any]: ...
+    def helper_tick(
+        self, before: dict[int, int], seen: dict[int, Any], window: int, interval_ns: int
+    ) -> tuple[bool, bool]: ...
 
 
-__all__ = ["PROBE_S", "Engine", "HelperClock"]
+__all__ = [
+    "BURST_INTERVAL_S", "CONTENDED_HOLD_MAX_NS", "CONTENDED_HOLD_PERIODS", "PROBE_S",
+    "UNNEEDED_NS", "Engine", "HelperClock",
+]
 
 # How long the helper lets go of the GIL in a probe: long enough for a
 # thread waiting for the GIL to be woken and take it.
 PROBE_S = 0.0002
+
+# The switch interval while threads work in bursts the helper cannot see at
+# the program's own (see the module's docstring).  After a look finds
+# threads competing for the GIL, the program's own is kept for a while:
+# twice as long each time in a row, from a few periods up to the maximum.
+BURST_INTERVAL_S = 0.00005
+CONTENDED_HOLD_PERIODS = 5
+CONTENDED_HOLD_MAX_NS = 8_000_000_000
+# The program's own comes back after this long without unseen bursts.
+UNNEEDED_NS = 1_000_000_000
+
+# A look that waited more than twice max(switch interval, this) for the GIL
+# found threads queueing for it; a run this long (or a whole switch
+# interval, if longer) in a probe means a thread was made to let go.
+LATE_FLOOR_NS = 1_000_000
+RUN_FLOOR_NS = 1_000_000
 
 # While the handler ticks, the helper still looks this often (or every four
 # periods, if longer) to find threads that started without telling us.
@@ -65,11 +111,17 @@ class HelperClock:
         self._engine = engine
         self._real = real
         self.ident: int | None = None
+        self.native_id: int | None = None  # the kernel's id of the helper thread
         self._running = False
         self._wake = real.allocate_lock()  # released to wake the helper early
         self._done = real.allocate_lock()  # held while the helper thread runs
         self._probe = real.allocate_lock()  # always held: acquire(timeout) = GIL-free pause
         self._last_clocks: dict[int, int] = {}  # CPU clocks at the end of the last look
+        self._hold_until = 0  # keep the program's switch interval until then
+        self._hold = 0  # how long it was kept last time (0: no contention lately)
+        self._needed_at = 0  # when a look last found unseen bursts
+        self.quiet = False  # only the main thread, seen by its own ticks, uses CPU
+        self._jitter = random.Random()
         self._last_look = 0
 
     def start(self) -> None:
@@ -81,14 +133,17 @@ class HelperClock:
         self._probe = real.allocate_lock()
         self._probe.acquire()
         self._running = True
-        real.start_new_thread(self._run, ())
+        started = real.allocate_lock()
+        started.acquire()
+        real.start_new_thread(self._run, (started,))
+        started.acquire()  # until the thread knows its ids
 
     def stop(self) -> None:
         """Stop the thread and wait for it (unless called from it)."""
         if not self._running:
             return
         self._running = False
-        self.wake()
+        self._release_wake()
         if self.ident != self._real.get_ident():
             self._done.acquire()
         self.ident = None
@@ -99,41 +154,91 @@ class HelperClock:
         self.ident = None
 
     def wake(self) -> None:
-        """Make the helper look now (the handler saw other threads use CPU)."""
+        """Other threads use CPU (or one started): look every period again, if not already.
+
+        The helper then looks after a period of its own choosing, never at
+        the waker's moment: the handler wakes it while the main thread runs,
+        and looks made then would never find other threads working in the
+        main thread's pauses.
+        """
+        if self.quiet:
+            self._release_wake()
+
+    def _release_wake(self) -> None:
         try:
             self._wake.release()
         except RuntimeError:  # already released: a wake-up is pending
             pass
 
-    def _run(self) -> None:
-        self.ident = self._real.get_ident()
+    def _run(self, started: Any) -> None:
+        try:
+            self.ident = self._real.get_ident()
+            self.native_id = threading.get_native_id()
+            precise_wakeups()
+        finally:
+            started.release()
         engine = self._engine
         try:
             while self._running:
                 period = engine.period_ns
-                # While the handler ticks, it wakes us when others need a look;
-                # still look every few periods to find new threads.
+                # While only the main thread works, its own ticks see it: look
+                # rarely, to find threads that start without telling us.  Else
+                # every period, at jittered times that no rhythm of the
+                # program can keep in step with.
                 signal_active = (
                     not engine.want_wall
                     and time.monotonic_ns() - engine.last_signal_tick < 2 * period
                 )
-                timeout = max(4 * period, QUIET_LOOK_NS) if signal_active else period
+                self.quiet = quiet = self.quiet and signal_active
+                if quiet:
+                    timeout = max(4 * period, QUIET_LOOK_NS)
+                else:
+                    timeout = int(period * (0.5 + self._jitter.random()))
                 asked = time.monotonic_ns()
                 woken = self._wake.acquire(timeout=timeout / 1e9)
                 if not self._running:
                     return
+                if woken:
+                    self.quiet = False
+                    continue
                 if not engine.sampling:
                     continue
                 # How long the GIL took to come back after the wait ended.
-                late = 0 if woken else time.monotonic_ns() - asked - timeout
+                late = time.monotonic_ns() - asked - timeout
                 try:
-                    self._look(late)
+                    self.quiet = not self._look(late)
                 except Exception:
                     engine.errors += 1
         finally:
             self._done.release()
 
-    def _look(self, late: int) -> None:
+    def adjust_switch_interval(self, held_back: bool, contended: bool) -> None:
+        """After a look (engine's tick lock held, sampling): the interval the next needs.
+
+        Short bursts the look could not see (``held_back``) ask for the
+        short interval, and keep it while they go on; threads competing for
+        the GIL (``contended``) make the program's own come back, since
+        each forced turn at the GIL costs them both, for a hold that
+        doubles while contention persists.
+        """
+        now = time.monotonic_ns()
+        if held_back:
+            self._needed_at = now
+        if contended:
+            base = CONTENDED_HOLD_PERIODS * self._engine.period_ns
+            self._hold = min(max(2 * self._hold, base), CONTENDED_HOLD_MAX_NS)
+            self._hold_until = now + self._hold
+            _hooks.restore_switch_interval()
+        elif now < self._hold_until:
+            pass
+        elif held_back:
+            if _hooks.switch_interval_lowered():
+                self._hold = 0  # short turns without contention: it was passing
+            _hooks.lower_switch_interval(BURST_INTERVAL_S)
+        elif now - self._needed_at > UNNEEDED_NS:
+            _hooks.restore_switch_interval()
+
+    def _look(self, late: int) -> bool:
         """One look at every thread, after a probe unless the GIL is in heavy demand.
 
         When getting the GIL back took more than two switch intervals, busy
@@ -145,18 +250,25 @@ class HelperClock:
         engine = self._engine
         interval = int(sys.getswitchinterval() * 1e9)
         before: dict[int, int] = {}
+        seen: dict[int, Any] = {}
         window = 0
+        others = True  # threads other than a main thread its ticks see use CPU
         if engine.want_cpu:
-            if late > 2 * interval and self._last_clocks:
+            if late > 2 * max(interval, LATE_FLOOR_NS) and self._last_clocks:
                 before, window = self._last_clocks, time.monotonic_ns() - self._last_look
             else:
                 before = engine.read_clocks()
                 # The main thread, while its own ticks see it, needs no probe.
-                if set(before) - {engine.main_covered()}:
+                covered = engine.main_covered()
+                looked_at = [ident for ident in before if ident != covered]
+                others = bool(looked_at)
+                if others:
+                    seen = engine.capture(looked_at)
                     t0 = time.monotonic_ns()
                     self._probe.acquire(timeout=PROBE_S)  # let go of the GIL
                     window = time.monotonic_ns() - t0
-        engine.helper_tick(before, window, interval)
+        engine.helper_tick(before, seen, window, max(interval, RUN_FLOOR_NS))
         if engine.want_cpu:
             self._last_clocks = engine.read_clocks(every=True)
             self._last_look = time.monotonic_ns()
+        return others

@@ -27,6 +27,11 @@ Other modules never patch the interpreter themselves; they register here:
   by SIGTERM as the process would have.
 * ``real_thread``: the OS-thread primitives, also under gevent's monkey
   patching (which makes ``threading`` hand out greenlets).
+* ``lower_switch_interval`` / ``restore_switch_interval``: the CPU
+  sampler's shorter GIL switch interval while it must see threads' short
+  bursts (see ``_helper``), and the program's own put back; a program
+  that sets its own meanwhile keeps it.  A forked child gets the
+  program's back.
 
 Wrappers stay once installed: unwrapping could not undo a wrapper someone
 else put on top.  A hook that fails costs its own feature, never the
@@ -55,10 +60,13 @@ __all__ = [
     "at_sigterm",
     "cancel_import_hook",
     "exit_work",
+    "lower_switch_interval",
     "on_thread_run",
     "on_thread_start",
     "real_get_ident",
     "real_thread",
+    "restore_switch_interval",
+    "switch_interval_lowered",
     "wrap_attribute",
     "wrapped",
 ]
@@ -346,7 +354,54 @@ def at_exit(fn: Callable[[], None]) -> None:
     _exit.append(fn)
 
 
+# -- the GIL switch interval ------------------------------------------------------------
+
+class _SwitchInterval:
+    """The program's own switch interval while the sampler's shorter one is in force."""
+
+    program: float | None = None  # the program's own, while ours is set
+    ours = 0.0
+    program_chose = False  # the program set its own while ours was set: leave it be
+
+
+def lower_switch_interval(seconds: float) -> None:
+    """Make the switch interval ``seconds`` until ``restore_switch_interval``.
+
+    Not when the program's is shorter already, nor after the program set
+    its own while ours was in force (then it keeps it until the restore).
+    """
+    state = _SwitchInterval
+    if state.program_chose:
+        return
+    current = sys.getswitchinterval()
+    if state.program is None:
+        if current <= seconds:
+            return
+        state.program = current
+    elif current != state.ours:
+        state.program, state.program_chose = None, True
+        return
+    elif current == seconds:
+        return
+    sys.setswitchinterval(seconds)
+    state.ours = sys.getswitchinterval()
+
+
+def switch_interval_lowered() -> bool:
+    """Whether ``lower_switch_interval``'s interval is in force."""
+    return _SwitchInterval.program is not None
+
+
+def restore_switch_interval() -> None:
+    """Put back the program's switch interval, unless it has set another since."""
+    state = _SwitchInterval
+    program, state.program, state.program_chose = state.program, None, False
+    if program is not None and sys.getswitchinterval() == state.ours:
+        sys.setswitchinterval(program)
+
+
 def _after_fork_in_child() -> None:
+    restore_switch_interval()
     for fn in _fork_child:
         try:
             fn()

@@ -41,7 +41,10 @@ from pyproperf._helper import HelperClock
 from pyproperf._labels import LabelSet
 from pyproperf._sigprof import SignalClock, thread_cpu_clock
 
-__all__ = ["CLOCKS", "INTERNAL_THREAD_PREFIX", "MAX_HZ", "Built", "Collector", "engine"]
+__all__ = [
+    "CLOCKS", "INTERNAL_THREAD_PREFIX", "MAX_HZ", "Built", "Collector", "Look", "engine",
+    "running_threads",
+]
 
 CLOCKS = ("cpu", "wall")
 MAX_HZ = 10_000
@@ -218,7 +221,8 @@ class _Engine:
         else:
             with self._tick_lock:
                 self._settle_all()
-            self.sampling = False
+                self.sampling = False
+                _hooks.restore_switch_interval()
             self.signals.disarm()
 
     # -- engine start and stop ---------------------------------------------------
@@ -235,6 +239,7 @@ class _Engine:
         self.want_cpu = self.want_wall = self.sampling = False
         self.signals.uninstall()
         self.helper.stop()
+        _hooks.restore_switch_interval()
         self.states = {}
 
     def after_fork_in_child(self) -> None:
@@ -342,8 +347,9 @@ class _Engine:
                     return
                 gettime = time.clock_gettime_ns
                 sighting = _stacks.capture(frame, ident)
-                others = self.want_wall
-                for other in list(self.states.values()):
+                # While the helper looks every period anyway, no need to ask.
+                others = False
+                for other in list(self.states.values()) if self.helper.quiet else ():
                     if others:
                         break
                     if other is not st and other.clock is not None and not other.internal:
@@ -362,16 +368,29 @@ class _Engine:
         except Exception:
             self.errors += 1
 
-    def helper_tick(self, before: dict[int, int], window: int, interval_ns: int) -> None:
+    def capture(self, idents: list[int]) -> dict[int, Sighting]:
+        """The stacks of threads ``idents`` now (before a probe lets them move)."""
+        frames = sys._current_frames()
+        try:
+            capture = _stacks.capture
+            return {i: capture(frames[i], i) for i in idents if i in frames}
+        finally:
+            frames.clear()
+
+    def helper_tick(
+        self, before: dict[int, int], seen: dict[int, Sighting], window: int, interval_ns: int
+    ) -> Look:
         """The helper's look at every thread (see ``_helper``).
 
         ``before``: CPU clocks read before the GIL probe, which lasted
-        ``window`` ns; ``interval_ns``: the interpreter's switch interval.
+        ``window`` ns; ``seen``: the stacks taken then; ``interval_ns``: a
+        run of CPU in the window this long means the thread was made to
+        let go of the GIL mid-work.
         """
         with self._tick_lock:
             collectors = self._collectors
             if not collectors or not self.sampling:
-                return
+                return Look(False, False)
             want_wall = self.want_wall
             helper = self.helper.ident
             active = getattr(threading, "_active", None)
@@ -379,8 +398,8 @@ class _Engine:
             capture = _stacks.capture
             frames = sys._current_frames()
             now = time.monotonic_ns()
-            covered = window * 4 // 5
             main = self.main_covered()
+            looks: list[tuple[ThreadState, Sighting, int, int]] = []
             for ident, frame in frames.items():
                 if ident == helper or (ident == main and not want_wall):
                     continue
@@ -396,22 +415,32 @@ class _Engine:
                 used = cpu - st.charged
                 if used <= 0 and not st.pending and not want_wall:
                     continue
-                sighting = capture(frame, ident)
-                running = False
-                probed = cpu - before.get(ident, cpu)
-                if st.clock is not None and used > 0 and probed > 0:
-                    # CPython made it let go of the GIL mid-work (it held it a
-                    # whole switch interval), or it ran through the probe and
-                    # still runs while we hold the GIL: C code without it.
-                    running = probed >= interval_ns or (
-                        probed >= covered and gettime(st.clock) > cpu
-                    )
-                self._charge(collectors, st, sighting, running, used, now)
+                probed = cpu - before.get(ident, cpu) if st.clock is not None and used > 0 else 0
+                looks.append((st, seen.get(ident) or capture(frame, ident), used, probed))
             self._forget_dead(frames, active)
             # The dict holds this frame, which holds the dict: a cycle that would keep every
             # thread's frame (and its locals) for the garbage collector, which finalizes
             # them in any order (a BytesIO before the memoryview on it: BufferError).
             frames.clear()
+            running = running_threads([probed for _, _, _, probed in looks], window, interval_ns)
+            held_back = False
+            shared = 0
+            for (st, sighting, used, probed), run in zip(looks, running, strict=True):
+                if run and 5 * probed < 4 * window:
+                    shared += 1  # it did not run through the probe: it took turns at the GIL
+                # Bursty: it used CPU unseen, less than half the time since the last look
+                # at it (more is a busy thread a probe missed; seen for the first time, a
+                # thread has no last look).
+                elapsed = now - st.wall
+                bursty = 0 < 2 * used < elapsed
+                pending = st.pending
+                self._charge(collectors, st, sighting, run, used, now)
+                if bursty and st.pending - pending >= HELD_BACK_MIN_NS:
+                    held_back = True
+            look = Look(held_back, shared >= 2)
+            if self.want_cpu:
+                self.helper.adjust_switch_interval(*look)
+            return look
 
     def _charge(
         self,
@@ -570,6 +599,43 @@ class _Engine:
                     engine.errors += 1
 
         _hooks.on_thread_run(enter, leave)
+
+
+# CPU a thread used unseen since the last look, from which a look asks for
+# the short switch interval.  Less is a thread that polls or wakes briefly
+# (0.1 ms every 10 ms, say): bursts that short the helper sees little of
+# even at the short interval, and it would be shortened for nothing.
+HELD_BACK_MIN_NS = 500_000
+
+
+class Look(NamedTuple):
+    """What one helper look found, for the switch-interval policy (``_helper``)."""
+
+    held_back: bool  # a thread used CPU it was never seen running (short bursts)
+    contended: bool  # threads took turns at the GIL in the probe: they compete for it
+
+
+def running_threads(probed: list[int], window: int, interval_ns: int) -> list[bool]:
+    """Which threads were running at the look, from the CPU each used in the probe.
+
+    A thread that was waiting for the GIL when the helper took it (made to
+    let go mid-work) takes it as soon as the helper lets go, and runs
+    through the probe but for the two hand-overs of the GIL (about half of
+    a 0.3 ms probe, measured); so does a thread in C code without the GIL.
+    Threads that compete for the GIL share the probe, each a good part of
+    it, and together run at least half of it.  A thread that woke from a
+    wait during the probe runs only its end, and is taken as waiting (its
+    stack, taken before the probe, is where it waited).  A run of
+    ``interval_ns`` means the thread held the GIL until made to let go,
+    whatever the window.
+    """
+    half = window // 2
+    share = window // 5
+    together = sum(p for p in probed if p >= share) >= half
+    return [
+        p > 0 and (p >= half or p >= interval_ns or (together and p >= share))
+        for p in probed
+    ]
 
 
 def _credit(

@@ -337,3 +337,80 @@ def random_schedules(scale: float) -> dict[str, float]:
 
 
 WORKLOADS["random_schedule"] = random_schedules
+
+
+# -- a worker's short bursts of two lengths ---------------------------------------------
+
+
+def burst_short(seconds: float) -> None:
+    spin(seconds)
+
+
+def burst_long(seconds: float) -> None:
+    spin(seconds)
+
+
+def worker_bursts(scale: float) -> dict[str, float]:
+    """A worker: 2 ms in ``burst_short``, wait 6 ms, 6 ms in ``burst_long``, wait 6 ms; main joins.
+
+    Both bursts are shorter than the default switch interval plus a wait,
+    so no other thread could see them at the program's own interval.
+    """
+    truth = {"burst_short": 0.0, "burst_long": 0.0}
+
+    def run(rounds: int) -> None:
+        ev = threading.Event()
+        for _ in range(rounds):
+            for name, fn, seconds in (("burst_short", burst_short, 0.002),
+                                      ("burst_long", burst_long, 0.006)):
+                t0 = time.thread_time()
+                fn(seconds)
+                truth[name] += time.thread_time() - t0
+                ev.wait(0.006)
+
+    t = threading.Thread(target=run, args=(max(1, int(50 * scale)),), name="bursts")
+    t.start()
+    t.join()
+    return truth
+
+
+WORKLOADS["worker_bursts"] = worker_bursts
+
+
+# -- work then wait, each thread in its own function (for shares) ------------------------
+
+
+def main_step(seconds: float) -> None:
+    spin(seconds)
+
+
+def worker_step(seconds: float) -> None:
+    spin(seconds)
+
+
+def work_wait_shares(scale: float) -> dict[str, float]:
+    """``work_then_wait`` with main's work in ``main_step`` and the worker's in ``worker_step``."""
+    truth = {"main_step": 0.0, "worker_step": 0.0}
+    rounds = max(1, int(60 * scale))
+
+    def worker() -> None:
+        cv = threading.Condition()
+        for _ in range(rounds):
+            t0 = time.thread_time()
+            worker_step(0.004)
+            truth["worker_step"] += time.thread_time() - t0
+            with cv:
+                cv.wait(0.012)
+
+    t = threading.Thread(target=worker, name="worker")
+    t.start()
+    for _ in range(rounds):
+        t0 = time.thread_time()
+        main_step(0.006)
+        truth["main_step"] += time.thread_time() - t0
+        nap(0.01)
+    t.join()
+    return truth
+
+
+WORKLOADS["work_wait_shares"] = work_wait_shares
