@@ -228,7 +228,7 @@ class HelperClock:
             base = CONTENDED_HOLD_PERIODS * self._engine.period_ns
             self._hold = min(max(2 * self._hold, base), CONTENDED_HOLD_MAX_NS)
             self._hold_until = now + self._hold
-            _hooks.restore_switch_interval()
+            _hooks.restore_switch_interval(keep_choice=True)
         elif now < self._hold_until:
             pass
         elif held_back:
@@ -236,7 +236,7 @@ class HelperClock:
                 self._hold = 0  # short turns without contention: it was passing
             _hooks.lower_switch_interval(BURST_INTERVAL_S)
         elif now - self._needed_at > UNNEEDED_NS:
-            _hooks.restore_switch_interval()
+            _hooks.restore_switch_interval(keep_choice=True)
 
     def _look(self, late: int) -> bool:
         """One look at every thread, after a probe unless the GIL is in heavy demand.

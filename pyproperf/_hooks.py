@@ -392,10 +392,17 @@ def switch_interval_lowered() -> bool:
     return _SwitchInterval.program is not None
 
 
-def restore_switch_interval() -> None:
-    """Put back the program's switch interval, unless it has set another since."""
+def restore_switch_interval(*, keep_choice: bool = False) -> None:
+    """Put back the program's switch interval, unless it has set another since.
+
+    ``keep_choice``: the sampler may shorten it again later (it puts the
+    program's back for a while): a program that chose its own interval
+    keeps it then too.  Without it (sampling stops), that is forgotten.
+    """
     state = _SwitchInterval
-    program, state.program, state.program_chose = state.program, None, False
+    program, state.program = state.program, None
+    if not keep_choice:
+        state.program_chose = False
     if program is not None and sys.getswitchinterval() == state.ours:
         sys.setswitchinterval(program)
 

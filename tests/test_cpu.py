@@ -309,6 +309,25 @@ def test_switch_interval_the_program_sets_is_kept(program_interval: float) -> No
     assert sys.getswitchinterval() == 0.002
 
 
+def test_program_choice_survives_the_samplers_own_restores(program_interval: float) -> None:
+    """The program sets its interval while the sampler's is in force: later shortenings (after
+    the sampler put the program's back for contention) leave the program's choice alone."""
+    from pyproperf import _hooks
+
+    try:
+        _hooks.lower_switch_interval(0.00005)
+        assert sys.getswitchinterval() < program_interval  # the positive control
+        sys.setswitchinterval(0.002)  # the program's own choice
+        _hooks.lower_switch_interval(0.00005)
+        assert sys.getswitchinterval() == 0.002
+        _hooks.restore_switch_interval(keep_choice=True)  # contention, say
+        _hooks.lower_switch_interval(0.00005)
+        assert sys.getswitchinterval() == 0.002
+    finally:
+        _hooks.restore_switch_interval()
+    assert sys.getswitchinterval() == 0.002
+
+
 def test_threads_competing_for_the_gil_keep_the_programs_interval(
     program_interval: float,
 ) -> None:
