@@ -182,6 +182,9 @@ class CPUProfile:
         # joins the engine, later ones resume it when no call was running.
         def enter() -> None:
             with self._lock:
+                if engine.sampling:
+                    # What this thread used before the call is not the call's.
+                    engine.settle_current_thread()
                 if collector.call_started():
                     if engine.feeds(collector):
                         engine.activity_changed()

@@ -70,12 +70,13 @@ class Engine(Protocol):
     def main_covered(self) -> int | None: ...
     def capture(self, idents: list[int]) -> dict[int, Any]: ...
     def helper_tick(
-        self, before: dict[int, int], seen: dict[int, Any], window: int, interval_ns: int
+        self, before: dict[int, int], seen: dict[int, Any], window: int, interval_ns: int,
+        since: int,
     ) -> tuple[bool, bool]: ...
 
 
 __all__ = [
-    "BURST_INTERVAL_S", "CONTENDED_HOLD_MAX_NS", "CONTENDED_HOLD_PERIODS", "PROBE_S",
+    "BURST_INTERVAL_S", "CONTENDED_HOLD_MAX_NS", "CONTENDED_HOLD_PERIODS", "OVERDUE_NS", "PROBE_S",
     "UNNEEDED_NS", "Engine", "HelperClock",
 ]
 
@@ -103,6 +104,12 @@ RUN_FLOOR_NS = 1_000_000
 # periods, if longer) to find threads that started without telling us.
 QUIET_LOOK_NS = 50_000_000
 
+# A helper that has not looked for this long (or three periods, if longer)
+# is kept from the GIL by busy threads: the SIGPROF handler, which runs with
+# the GIL, looks for it (measured on this 2-CPU VM: with the main thread and
+# one worker busy, the helper went 150 ms without the GIL in 1 run of 30).
+OVERDUE_NS = 20_000_000
+
 
 class HelperClock:
     """The helper thread: ticks when the SIGPROF handler cannot cover every thread."""
@@ -123,6 +130,7 @@ class HelperClock:
         self.quiet = False  # only the main thread, seen by its own ticks, uses CPU
         self._jitter = random.Random()
         self._last_look = 0
+        self._looking = False  # a look is in progress (the helper's or the handler's)
 
     def start(self) -> None:
         real = self._real
@@ -163,6 +171,29 @@ class HelperClock:
         """
         if self.quiet:
             self._release_wake()
+
+    def baseline(self, clocks: dict[int, int]) -> None:
+        """Sampling starts (engine's tick lock held): the next look's window starts now."""
+        self._last_clocks = clocks
+        self._last_look = time.monotonic_ns()
+
+    def look_if_overdue(self, now: int) -> None:
+        """From the SIGPROF handler (GIL held): look in the helper's place if it is kept out.
+
+        Busy threads hand the GIL to each other and can keep the helper
+        from it for whole profiles.  The handler's look takes no probe (it
+        must not let go of the GIL in the main thread): like a helper look
+        that got the GIL late, it takes the time since the last look as its
+        window, in which a thread that held the GIL a whole switch interval
+        was made to let go (``_look``).
+        """
+        if (
+            self._running
+            and not self.quiet
+            and not self._looking
+            and now - self._last_look > max(3 * self._engine.period_ns, OVERDUE_NS)
+        ):
+            self._look(0, probe=False)
 
     def _release_wake(self) -> None:
         try:
@@ -238,15 +269,23 @@ class HelperClock:
         elif now - self._needed_at > UNNEEDED_NS:
             _hooks.restore_switch_interval(keep_choice=True)
 
-    def _look(self, late: int) -> bool:
+    def _look(self, late: int, *, probe: bool = True) -> bool:
         """One look at every thread, after a probe unless the GIL is in heavy demand.
 
         When getting the GIL back took more than two switch intervals, busy
         threads queue for it, and a probe would cost two more turns of the
         queue: the look then takes the time since the last look as its
         window (a thread that held the GIL a whole interval in it was made
-        to let go, as in a probe).
+        to let go, as in a probe).  So does a look with ``probe`` False
+        (the handler's, ``look_if_overdue``).
         """
+        self._looking = True
+        try:
+            return self._look_once(late, probe)
+        finally:
+            self._looking = False
+
+    def _look_once(self, late: int, probe: bool) -> bool:
         engine = self._engine
         interval = int(sys.getswitchinterval() * 1e9)
         before: dict[int, int] = {}
@@ -254,7 +293,7 @@ class HelperClock:
         window = 0
         others = True  # threads other than a main thread its ticks see use CPU
         if engine.want_cpu:
-            if late > 2 * max(interval, LATE_FLOOR_NS) and self._last_clocks:
+            if not probe or (late > 2 * max(interval, LATE_FLOOR_NS) and self._last_clocks):
                 before, window = self._last_clocks, time.monotonic_ns() - self._last_look
             else:
                 before = engine.read_clocks()
@@ -267,7 +306,8 @@ class HelperClock:
                     t0 = time.monotonic_ns()
                     self._probe.acquire(timeout=PROBE_S)  # let go of the GIL
                     window = time.monotonic_ns() - t0
-        engine.helper_tick(before, seen, window, max(interval, RUN_FLOOR_NS))
+        since = time.monotonic_ns() - self._last_look
+        engine.helper_tick(before, seen, window, max(interval, RUN_FLOOR_NS), since)
         if engine.want_cpu:
             self._last_clocks = engine.read_clocks(every=True)
             self._last_look = time.monotonic_ns()

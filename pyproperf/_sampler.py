@@ -9,8 +9,9 @@ cpu_profile(...)`` blocks and ``@cpu_profile`` functions; their API is in
 * ``_helper.HelperClock``: a helper thread that looks at every other
   thread (and at the main thread while it is blocked or in C), with a
   short GIL probe that tells running threads from waiting ones.
-* ``_estimate``: per-thread state and ``observe``, which decides where a
-  thread's CPU since the last look is charged.
+* ``_estimate``: per-thread state and ``observe``, which gathers a
+  thread's CPU and running sightings in windows and splits each window's
+  CPU among the stacks seen running in it.
 * this module: the collectors (one per profile being written), start and
   stop, and the ticks that read clocks and stacks and feed collectors.
 
@@ -32,10 +33,13 @@ from pyproperf import _hooks, _stacks
 from pyproperf._builder import ProfileBuilder
 from pyproperf._estimate import (
     INTERNAL_THREAD_PREFIX,
+    Charge,
     Sighting,
     ThreadState,
+    expire,
     observe,
     settle,
+    tick,
 )
 from pyproperf._helper import HelperClock
 from pyproperf._labels import LabelSet
@@ -170,6 +174,9 @@ class _Engine:
         with self._lock:
             if not self._collectors:
                 self._start(collector.hz)
+            else:
+                with self._tick_lock:
+                    self._settle_all()  # CPU used so far is not the new profile's
             self._collectors = (*self._collectors, collector)
             self._reconfigure()
 
@@ -215,6 +222,7 @@ class _Engine:
             # Only CPU used from now on counts: not what ran between calls.
             with self._tick_lock:
                 self._baseline()
+                self.helper.baseline(self.read_clocks(every=True))
             self.sampling = True
             self.signals.arm()
             self.helper.wake()
@@ -319,7 +327,7 @@ class _Engine:
                 cpu = gettime(st.clock)
             except OSError:
                 continue
-            if every or cpu > st.charged or st.pending:
+            if every or cpu > st.charged:
                 out[ident] = cpu
         return out
 
@@ -360,11 +368,13 @@ class _Engine:
                 # Read last: the tick's own CPU goes where the main thread is,
                 # as a Go signal handler's does, with any garbage collection
                 # it set off (the program's garbage, collected at this point).
-                self._charge(collectors, st, sighting, True, gettime(st.clock) - st.charged, now)
+                used = gettime(st.clock) - st.charged
+                self._charge(collectors, st, sighting, True, used, now, own_timer=True)
             finally:
                 self._tick_lock.release()
             if others:
                 self.helper.wake()
+            self.helper.look_if_overdue(now)
         except Exception:
             self.errors += 1
 
@@ -378,14 +388,16 @@ class _Engine:
             frames.clear()
 
     def helper_tick(
-        self, before: dict[int, int], seen: dict[int, Sighting], window: int, interval_ns: int
+        self, before: dict[int, int], seen: dict[int, Sighting], window: int, interval_ns: int,
+        since: int,
     ) -> Look:
         """The helper's look at every thread (see ``_helper``).
 
         ``before``: CPU clocks read before the GIL probe, which lasted
         ``window`` ns; ``seen``: the stacks taken then; ``interval_ns``: a
         run of CPU in the window this long means the thread was made to
-        let go of the GIL mid-work.
+        let go of the GIL mid-work; ``since``: the time since the previous
+        look, which a running sighting stands for (``_estimate``).
         """
         with self._tick_lock:
             collectors = self._collectors
@@ -413,7 +425,11 @@ class _Engine:
                     except OSError:  # the thread has just exited
                         continue
                 used = cpu - st.charged
-                if used <= 0 and not st.pending and not want_wall:
+                if used <= 0 and not want_wall:
+                    # Idle since the last look: no stack needed, but a window
+                    # may be due to close.
+                    if st.pending or st.seen:
+                        _credit_all(collectors, st, expire(st, now))
                     continue
                 probed = cpu - before.get(ident, cpu) if st.clock is not None and used > 0 else 0
                 looks.append((st, seen.get(ident) or capture(frame, ident), used, probed))
@@ -433,9 +449,8 @@ class _Engine:
                 # thread has no last look).
                 elapsed = now - st.wall
                 bursty = 0 < 2 * used < elapsed
-                pending = st.pending
-                self._charge(collectors, st, sighting, run, used, now)
-                if bursty and st.pending - pending >= HELD_BACK_MIN_NS:
+                self._charge(collectors, st, sighting, run, used, now, weight=since)
+                if bursty and st.unseen_ns >= HELD_BACK_MIN_NS:
                     held_back = True
             look = Look(held_back, shared >= 2)
             if self.want_cpu:
@@ -451,11 +466,15 @@ class _Engine:
         used: int,
         now: int,
         *,
+        weight: int = 0,
+        own_timer: bool = False,
         final: bool = False,
         within: CodeType | None = None,
     ) -> None:
         """Feed one look at a thread to the estimator and the collectors.
 
+        ``weight``: what a running sighting stands for (``_estimate``);
+        ``own_timer``: a tick of the thread's own CPU timer (``tick``);
         ``final``: charge everything held back now (a collector leaves,
         sampling pauses), where ``settle`` says; ``within``: inside this
         code's call, which is ending (``sighting`` must be inside it).
@@ -464,12 +483,12 @@ class _Engine:
         st.charged += used
         if final:
             st.pending += used
-            charge = settle(st, now, sighting, within)
+            charges = settle(st, now, sighting, within)
+        elif own_timer:
+            charges = tick(st, sighting, used, now)
         else:
-            charge = observe(st, sighting, running, used, now)
-        if charge is not None:
-            (key, labels), nanos = charge
-            _credit(collectors, key, labels, st.name, nanos, 0)
+            charges = observe(st, sighting, running, used, now, weight)
+        _credit_all(collectors, st, charges)
         wall = now - st.wall
         st.wall = now
         if self.want_wall and wall > 0:
@@ -501,15 +520,17 @@ class _Engine:
         frames.clear()  # it holds this frame: no cycle for the collector (see helper_tick)
 
     def settle_current_thread(self, code: CodeType | None = None) -> None:
-        """Charge the calling thread's CPU up to now, held-back CPU included.
+        """Charge the calling thread's CPU up to now: close its window (see ``_estimate``).
 
         A decorated function's call (of ``code``) is ending in this thread:
-        what it used since the last look belongs to the call, and is charged
-        where the thread was last seen running (inside the call), while the
-        call still counts as in progress.  Otherwise a non-main thread's last
-        stretch, looked at only after the call returned, would be lost to its
-        profile.  CPU the helper never saw inside the call (a short call, or
-        a helper kept from the GIL) is charged to the function itself
+        what it used since the window opened belongs to the call, and is
+        split among the stacks seen running in it while the call still
+        counts as in progress.  (Without ``code``, a call is beginning: what
+        the thread used before it is charged first, to its own window.)
+        Otherwise a non-main thread's last stretch, looked at only after the
+        call returned, would be lost to its profile.  CPU the helper never
+        saw inside the call (a short call, or a helper kept from the GIL) is
+        charged to the function itself
         (``code`` under "ran between samples"), as a thread's last CPU is at
         its exit, rather than lost or put outside the call.
         """
@@ -574,10 +595,7 @@ class _Engine:
             key, labels = _stacks.capture(sys._getframe(), ident)
             if isinstance(code, CodeType):
                 key = (code, -1, *key)
-            charge = settle(st, now, (key, labels))
-            if charge is not None:
-                (key, labels), nanos = charge
-                _credit(collectors, key, labels, thread.name, nanos, 0)
+            _credit_all(collectors, st, settle(st, now, (key, labels)))
 
     def _hook_threads(self) -> None:
         """Have every new thread wake the helper and report its exit (hooked once, for good)."""
@@ -638,6 +656,13 @@ def running_threads(probed: list[int], window: int, interval_ns: int) -> list[bo
     ]
 
 
+def _credit_all(collectors: tuple[Collector, ...], st: ThreadState, charges: list[Charge]
+                ) -> None:
+    """Hand the estimator's charges of a thread's CPU to the collectors."""
+    for (key, labels), count, nanos in charges:
+        _credit(collectors, key, labels, st.name, nanos, 0, count)
+
+
 def _credit(
     collectors: tuple[Collector, ...],
     key: _stacks.StackKey,
@@ -645,8 +670,9 @@ def _credit(
     thread_name: str,
     cpu_delta: int,
     wall_delta: int,
+    count: int = 1,
 ) -> None:
-    """Add one observation of a thread to every collector that wants it."""
+    """Add ``count`` samples of a thread to every collector that wants them."""
     k = (key, labels, thread_name)
     for c in collectors:
         weight = cpu_delta if c.clock == "cpu" else wall_delta
@@ -654,9 +680,9 @@ def _credit(
             continue
         slot = c.agg.get(k)
         if slot is None:
-            c.agg[k] = [1, weight]
+            c.agg[k] = [count, weight]
         else:
-            slot[0] += 1
+            slot[0] += count
             slot[1] += weight
 
 

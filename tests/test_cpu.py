@@ -204,6 +204,76 @@ def test_running_threads_from_the_probe() -> None:
     assert running_threads([1_200_000, 300_000], 6_000_000, interval) == [True, False]
 
 
+def test_windows_split_cpu_among_running_sightings() -> None:
+    """A window's CPU goes to the stacks seen running in it, by the time each sighting stands for.
+
+    Waiting sightings get nothing; the split is exact in integers; the
+    window closes only when ``WINDOW_NS`` old (or settled); a window with
+    no running sighting goes whole to the last stack seen running."""
+    from pyproperf._estimate import WINDOW_NS, ThreadState, expire, observe, settle
+
+    a = ((wl.work_step.__code__, 1), None)
+    b = ((wl.spin.__code__, 1), None)
+    wait = ((threading.Condition.wait.__code__, 1), None)
+    st = ThreadState(None, 0, 0, None)
+    t = 1_000
+    assert observe(st, a, True, 3_000_001, t, 10) == []
+    assert observe(st, wait, False, 1_000_000, t + 10, 10) == []  # unseen CPU joins the window
+    assert observe(st, b, True, 4_000_000, t + 20, 20) == []  # a late look: twice the time
+    assert observe(st, a, True, 2_000_000, t + 30, 10) == []
+    assert expire(st, t + WINDOW_NS - 1) == []
+    charges = {s: (n, ns) for s, n, ns in expire(st, t + WINDOW_NS)}
+    assert charges == {a: (2, 5_000_001), b: (1, 5_000_000)}  # 10,000,001 ns, 20:20
+    assert st.pending == 0 and not st.seen
+    # Never seen running in a window: all of it to the last stack seen running.
+    assert observe(st, wait, False, 5_000, t + WINDOW_NS + 10, 10) == []
+    assert settle(st, t + WINDOW_NS + 20) == [(a, 1, 5_000)]
+    assert settle(st, t + WINDOW_NS + 30) == []
+
+
+def test_windows_give_short_bursts_their_share() -> None:
+    """The estimator alone, on a simulated worker: 2 ms of ``a``, 6 ms waiting, 6 ms of
+    ``b``, 6 ms waiting, looked at every 5-15 ms (seeded).  Each window's CPU split by
+    the time its running sightings stand for gives ``a`` its 25 %; charging each look's
+    CPU to the stack seen at it gave about 19 % (the sampler before 2026-12-05)."""
+    import random
+
+    from pyproperf._estimate import Sighting, ThreadState, observe, settle
+
+    a: Sighting = ((wl.burst_short.__code__, 1), None)
+    b: Sighting = ((wl.burst_long.__code__, 1), None)
+    wait: Sighting = ((threading.Event.wait.__code__, 1), None)
+    phases = [(a, 2_000_000), (wait, 6_000_000), (b, 6_000_000), (wait, 6_000_000)]
+    cycle = sum(length for _, length in phases)
+
+    def cpu_until(t: int) -> int:  # the worker's CPU clock at time t
+        whole, rest = divmod(t, cycle)
+        return whole * 8_000_000 + min(rest, 2_000_000) + max(0, min(rest - 8_000_000, 6_000_000))
+
+    def where(t: int) -> tuple[Sighting, bool]:
+        rest = t % cycle
+        for sighting, length in phases:
+            if rest < length:
+                return sighting, sighting is not wait
+            rest -= length
+        raise AssertionError
+
+    got = {a: 0, b: 0}
+    st = ThreadState(None, 0, 0, None)
+    jitter = random.Random(7)
+    t = last = 0
+    while t < 600_000_000_000:  # ten minutes of the worker
+        since = int(10_000_000 * (0.5 + jitter.random()))
+        t += since
+        sighting, running = where(t)
+        charges = observe(st, sighting, running, cpu_until(t) - cpu_until(last), t, since)
+        last = t
+        for s, _, ns in charges + (settle(st, t) if t >= 600_000_000_000 else []):
+            got[s] += ns
+    assert sum(got.values()) == cpu_until(last)
+    assert 100 * got[a] / sum(got.values()) == pytest.approx(25.0, abs=1.0)
+
+
 def _burst_worker(seen: list[float], stop: threading.Event, then: Callable[[], None] = lambda: None
                   ) -> threading.Thread:
     """A worker of 2 ms bursts and 4 ms waits that records the switch interval each round."""
@@ -383,6 +453,57 @@ def test_fork_child_gets_the_programs_switch_interval(program_interval: float) -
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/timerslack_ns"), reason="Linux 4.6+ only")
+@pytest.mark.parametrize("handler_looks", [True, False])
+def test_handler_looks_when_the_helper_is_kept_from_the_gil(
+    handler_looks: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Busy threads can keep the helper from the GIL for whole profiles (150 ms measured
+    with main and one worker busy); the SIGPROF handler then looks in its place.
+
+    The helper is made to never look (its jitter stretched to 1000 periods):
+    the worker's two phases are seen only through the handler's looks.
+    Without them (the control), its CPU is known only at its exit and lands
+    on neither phase."""
+    from pyproperf import _helper
+
+    class Never:
+        def random(self) -> float:
+            return 1000.0
+
+    monkeypatch.setattr(_helper, "random", type("R", (), {"Random": Never}))
+    if not handler_looks:
+        monkeypatch.setattr(_helper.HelperClock, "look_if_overdue", lambda self, now: None)
+    used: dict[str, float] = {}
+
+    def worker() -> None:
+        t0 = time.thread_time()
+        wl.worker_a(0.15)
+        used["worker_a"] = time.thread_time() - t0
+        wl.worker_b(0.15)
+        used["worker_b"] = time.thread_time() - t0 - used["worker_a"]
+
+    buf = io.BytesIO()
+    pyproperf.start_cpu_profile(buf, hz=100)
+    try:
+        t = threading.Thread(target=worker, name="kept-out")
+        t.start()
+        while t.is_alive():  # main runs Python: its handler ticks
+            wl.worker_c(0.005)
+        t.join()
+    finally:
+        pyproperf.stop_cpu_profile()
+    p = load(buf.getvalue())
+    mine = [(names, v[1] / 1e9) for names, v, lab in stacks(p) if lab.get("thread") == "kept-out"]
+    total = sum(s for _, s in mine)
+    assert total == pytest.approx(sum(used.values()), rel=0.05)  # its CPU is all there
+    share = {fn: sum(s for names, s in mine if f"{wl.MODULE}.{fn}" in names) / total
+             for fn in ("worker_a", "worker_b")}
+    if handler_looks:
+        assert all(0.25 <= v <= 0.75 for v in share.values()), share
+    else:
+        assert share == {"worker_a": 0.0, "worker_b": 0.0}, share
+
+
 def test_helper_thread_wakes_on_time() -> None:
     """The helper's own thread (only it) asks for a 1 ns timer slack and, where the kernel
     has custom slices, a 0.1 ms slice: its looks land when it chose, not up to 1.4 ms late."""

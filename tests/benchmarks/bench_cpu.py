@@ -109,10 +109,10 @@ def look_rate(busy: int, hz: int, seconds: float) -> tuple[float, float]:
 
     def counted(
         before: dict[int, int], seen: dict[int, Sighting], window: int,
-        interval_ns: int,
+        interval_ns: int, since: int,
     ) -> _sampler.Look:
         looks.append(time.monotonic_ns())
-        return original(before, seen, window, interval_ns)
+        return original(before, seen, window, interval_ns, since)
 
     stop = threading.Event()
 
@@ -178,7 +178,7 @@ def sample_cost(threads: int, depth: int, ticks: int) -> float:
             t0 = time.perf_counter()
             # One helper look: the probe's clock reads and stacks, then every thread's.
             before = engine.read_clocks()
-            engine.helper_tick(before, engine.capture(list(before)), 0, 5_000_000)
+            engine.helper_tick(before, engine.capture(list(before)), 0, 5_000_000, 10_000_000)
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
