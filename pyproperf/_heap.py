@@ -615,23 +615,6 @@ def _after_fork_child() -> None:
     _sampler = None  # restarted by the next count/render in the child
 
 
-def _before_fork() -> None:
-    """Let a snapshot in progress finish before a fork.
-
-    Reading tracemalloc's traces holds its table lock (seconds, for a big
-    heap).  A child forked meanwhile inherits that lock held by a thread it
-    does not have, and CPython 3.13.0's own fork handling allocates (so takes
-    that lock) before it reinitializes it: the child hung in ``os.fork()``
-    (seen in this project's test suite).
-    """
-    _data_lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    _data_lock.release()
-
-
 _hooks.at_exit(_stop_sampler_at_exit)
-_hooks.around_fork(_before_fork, _after_fork_in_parent)
 _hooks.at_fork_child(_after_fork_child)
 _start_from_environment()

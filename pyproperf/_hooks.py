@@ -16,11 +16,9 @@ Other modules never patch the interpreter themselves; they register here:
   or module by a wrapper that calls the original (label inheritance into
   executors, event-loop tasks, worker threads); each one is listed in
   ``wrapped`` and marked, so it is wrapped once however often it is asked.
-* ``at_fork_child`` / ``around_fork`` / ``at_exit``: one
-  ``os.register_at_fork`` registration and one ``atexit`` handler, calling
-  the registered functions (at exit, the last registered first, as
-  ``atexit`` does; around a fork, ``before`` in registration order and the
-  parent's ``after`` in reverse).
+* ``at_fork_child`` / ``at_exit``: one ``os.register_at_fork`` handler and
+  one ``atexit`` handler, calling the registered functions (at exit, the
+  last registered first, as ``atexit`` does).
 * ``at_hard_exit`` / ``at_sigterm`` (``run --subprocesses`` only): a
   wrapper of ``os._exit`` (how multiprocessing's forked children end,
   skipping ``atexit``) that runs the registered functions first, and a
@@ -56,7 +54,6 @@ from pyproperf import _own
 
 __all__ = [
     "after_import",
-    "around_fork",
     "at_exit",
     "at_fork_child",
     "at_hard_exit",
@@ -344,22 +341,12 @@ def _leave_meta_path_if_idle() -> None:
 # -- fork and exit ---------------------------------------------------------------------------
 
 _fork_child: list[Callable[[], None]] = []
-_fork_around: list[tuple[Callable[[], None], Callable[[], None]]] = []
 _exit: list[Callable[[], None]] = []
 
 
 def at_fork_child(fn: Callable[[], None]) -> None:
     """Run ``fn()`` in a forked child, in registration order."""
     _fork_child.append(fn)
-
-
-def around_fork(before: Callable[[], None], after_in_parent: Callable[[], None]) -> None:
-    """Run ``before()`` in the forking thread just before a fork, ``after_in_parent()`` after it.
-
-    For work of pyproperf's own threads that must not be cut in half by a
-    fork (the child's copy of a lock held then would never be released).
-    """
-    _fork_around.append((before, after_in_parent))
 
 
 def at_exit(fn: Callable[[], None]) -> None:
@@ -420,22 +407,6 @@ def restore_switch_interval(*, keep_choice: bool = False) -> None:
         sys.setswitchinterval(program)
 
 
-def _before_fork() -> None:
-    for before, _ in _fork_around:
-        try:
-            before()
-        except Exception:
-            pass
-
-
-def _after_fork_in_parent() -> None:
-    for _, after in reversed(_fork_around):
-        try:
-            after()
-        except Exception:
-            pass
-
-
 def _after_fork_in_child() -> None:
     restore_switch_interval()
     for fn in _fork_child:
@@ -454,9 +425,7 @@ def _at_exit() -> None:
                 print(f"pyproperf: at exit: {exc!r}", file=sys.stderr)
 
 
-os.register_at_fork(
-    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
-)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_at_exit)
 
 

@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import tracemalloc
 import warnings
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 import pyproperf
-from pyproperf import _heap, _heap_names, _hooks
+from pyproperf import _heap, _heap_names
 from pyproperf._stacks import Resolver
 from tests.pprof_tool import check_valid, load, pprof, raw, stacks, tags, top_by_name
 
@@ -451,46 +450,6 @@ def test_fork_child_writes_a_profile(tmp_path: Path, session: None) -> None:
     assert os.WEXITSTATUS(status) == 0
     assert f"{HERE}.retain_bytes" in top_by_name(path, "-sample_index=inuse_space")
     del keep
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-@pytest.mark.parametrize("guarded", [True, False])
-def test_fork_waits_for_a_snapshot_in_progress(
-    guarded: bool, session: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A fork waits until a snapshot being read ends: a child forked mid-read
-    inherits tracemalloc's table lock held by a thread it does not have, and
-    hung in ``os.fork()`` on CPython 3.13.0.  The snapshot here is made to
-    last until a timer ends it; without the fork guard (the control), the
-    fork returns while it is still being read."""
-    if not guarded:
-        monkeypatch.setattr(_hooks, "_fork_around", [])
-    inside, release = threading.Event(), threading.Event()
-    real_snapshot = _heap._snapshot
-
-    def slow_snapshot() -> Any:
-        inside.set()
-        release.wait(10)
-        return real_snapshot()
-
-    monkeypatch.setattr(_heap, "_snapshot", slow_snapshot)
-    reader = threading.Thread(target=_heap._observe, kwargs={"records": False})
-    reader.start()
-    assert inside.wait(10)
-    timer = threading.Timer(0.3, release.set)
-    timer.start()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded fork" (3.12+)
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        os._exit(0)
-    ended_first = release.is_set()
-    release.set()
-    _, status = os.waitpid(pid, 0)
-    reader.join()
-    timer.join()
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    assert ended_first is guarded
 
 
 # -- (file, line) -> function ---------------------------------------------------------------------
