@@ -38,10 +38,11 @@ asleep on a futex.  So a look is a short probe:
 A thread waiting for the GIL at step 1 takes it at once and runs through
 step 2 (so does C code without the GIL); threads competing for the GIL
 share step 2; a thread that woke from a wait during step 2 runs only its
-end (``_sampler.running_threads``).  Running threads are charged at their
+end (``_sampler.running_threads``).  Running threads are seen at their
 step-1 stacks; any other thread is waiting, and ``_estimate.observe``
-holds its CPU back for the next time it is seen running.  A thread seen
-"running" in the standard library's waiting code is taken as waiting.
+splits its CPU among the stacks it is seen running at in the window.  A
+thread seen "running" in the standard library's waiting code is taken as
+waiting.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Engine(Protocol):
     def capture(self, idents: list[int]) -> dict[int, Any]: ...
     def helper_tick(
         self, before: dict[int, int], seen: dict[int, Any], window: int, interval_ns: int,
-        since: int,
+        since: int, *, wait: bool = True,
     ) -> tuple[bool, bool]: ...
 
 
@@ -170,6 +171,7 @@ class HelperClock:
         main thread's pauses.
         """
         if self.quiet:
+            self.quiet = False  # the handler may have to look for it meanwhile
             self._release_wake()
 
     def baseline(self, clocks: dict[int, int]) -> None:
@@ -187,11 +189,13 @@ class HelperClock:
         window, in which a thread that held the GIL a whole switch interval
         was made to let go (``_look``).
         """
+        engine = self._engine
         if (
             self._running
+            and engine.want_cpu
             and not self.quiet
             and not self._looking
-            and now - self._last_look > max(3 * self._engine.period_ns, OVERDUE_NS)
+            and now - self._last_look > max(3 * engine.period_ns, OVERDUE_NS)
         ):
             self._look(0, probe=False)
 
@@ -307,7 +311,12 @@ class HelperClock:
                     self._probe.acquire(timeout=PROBE_S)  # let go of the GIL
                     window = time.monotonic_ns() - t0
         since = time.monotonic_ns() - self._last_look
-        engine.helper_tick(before, seen, window, max(interval, RUN_FLOOR_NS), since)
+        # Without a probe (the handler's look), a run of a whole interval in a
+        # window of several tells nothing: the thread may have worked 1 ms and
+        # then blocked in a call.  Only running for a good part of the window
+        # counts (``running_threads``).
+        run_ns = max(interval, RUN_FLOOR_NS) if probe else window
+        engine.helper_tick(before, seen, window, run_ns, since, wait=probe)
         if engine.want_cpu:
             self._last_clocks = engine.read_clocks(every=True)
             self._last_look = time.monotonic_ns()

@@ -295,6 +295,7 @@ class _Engine:
         if st is not None and thread is not None and thread is not st.thread:
             native = getattr(thread, "native_id", None)
             if native and thread_cpu_clock(native) != st.clock:
+                self._drop(st, now)
                 st = None  # the ident was reused by a new thread
         if st is None:
             st = self.states[ident] = self._new_state(ident, thread, now)
@@ -317,7 +318,7 @@ class _Engine:
         self.last_signal_tick = 0
 
     def read_clocks(self, *, every: bool = False) -> dict[int, int]:
-        """CPU clocks of threads that used CPU since last charged or hold some (all: ``every``)."""
+        """CPU clocks of threads that used CPU since their last look (all: ``every``)."""
         out = {}
         gettime = time.clock_gettime_ns
         for ident, st in list(self.states.items()):
@@ -389,7 +390,7 @@ class _Engine:
 
     def helper_tick(
         self, before: dict[int, int], seen: dict[int, Sighting], window: int, interval_ns: int,
-        since: int,
+        since: int, *, wait: bool = True,
     ) -> Look:
         """The helper's look at every thread (see ``_helper``).
 
@@ -397,65 +398,96 @@ class _Engine:
         ``window`` ns; ``seen``: the stacks taken then; ``interval_ns``: a
         run of CPU in the window this long means the thread was made to
         let go of the GIL mid-work; ``since``: the time since the previous
-        look, which a running sighting stands for (``_estimate``).
+        look, which a running sighting stands for (``_estimate``); ``wait``
+        False (the SIGPROF handler's look): skip the look rather than wait
+        for another thread's tick.
         """
-        with self._tick_lock:
-            collectors = self._collectors
-            if not collectors or not self.sampling:
-                return Look(False, False)
-            want_wall = self.want_wall
-            helper = self.helper.ident
-            active = getattr(threading, "_active", None)
-            gettime = time.clock_gettime_ns
-            capture = _stacks.capture
-            frames = sys._current_frames()
-            now = time.monotonic_ns()
-            main = self.main_covered()
-            looks: list[tuple[ThreadState, Sighting, int, int]] = []
-            for ident, frame in frames.items():
-                if ident == helper or (ident == main and not want_wall):
+        if not self._tick_lock.acquire(blocking=wait):
+            return Look(False, False)
+        try:
+            return self._look_at_threads(before, seen, window, interval_ns, since)
+        finally:
+            self._tick_lock.release()
+
+    def _look_at_threads(
+        self, before: dict[int, int], seen: dict[int, Sighting], window: int, interval_ns: int,
+        since: int,
+    ) -> Look:
+        """``helper_tick``'s look, with the tick lock held."""
+        collectors = self._collectors
+        if not collectors or not self.sampling:
+            return Look(False, False)
+        want_wall = self.want_wall
+        helper = self.helper.ident
+        active = getattr(threading, "_active", None)
+        gettime = time.clock_gettime_ns
+        capture = _stacks.capture
+        frames = sys._current_frames()
+        now = time.monotonic_ns()
+        main = self.main_covered()
+        looks: list[tuple[ThreadState, Sighting, int, int]] = []
+        for ident, frame in frames.items():
+            if ident == helper or (ident == main and not want_wall):
+                continue
+            st = self._state_for(ident, active, now)
+            if st.internal:
+                continue
+            cpu = 0
+            if st.clock is not None:
+                try:
+                    cpu = gettime(st.clock)
+                except OSError:  # the thread has just exited
                     continue
-                st = self._state_for(ident, active, now)
-                if st.internal:
-                    continue
-                cpu = 0
-                if st.clock is not None:
-                    try:
-                        cpu = gettime(st.clock)
-                    except OSError:  # the thread has just exited
-                        continue
-                used = cpu - st.charged
-                if used <= 0 and not want_wall:
-                    # Idle since the last look: no stack needed, but a window
-                    # may be due to close.
-                    if st.pending or st.seen:
-                        _credit_all(collectors, st, expire(st, now))
-                    continue
-                probed = cpu - before.get(ident, cpu) if st.clock is not None and used > 0 else 0
-                looks.append((st, seen.get(ident) or capture(frame, ident), used, probed))
-            self._forget_dead(frames, active)
-            # The dict holds this frame, which holds the dict: a cycle that would keep every
-            # thread's frame (and its locals) for the garbage collector, which finalizes
-            # them in any order (a BytesIO before the memoryview on it: BufferError).
-            frames.clear()
-            running = running_threads([probed for _, _, _, probed in looks], window, interval_ns)
-            held_back = False
-            shared = 0
-            for (st, sighting, used, probed), run in zip(looks, running, strict=True):
-                if run and 5 * probed < 4 * window:
-                    shared += 1  # it did not run through the probe: it took turns at the GIL
-                # Bursty: it used CPU unseen, less than half the time since the last look
-                # at it (more is a busy thread a probe missed; seen for the first time, a
-                # thread has no last look).
-                elapsed = now - st.wall
-                bursty = 0 < 2 * used < elapsed
-                self._charge(collectors, st, sighting, run, used, now, weight=since)
-                if bursty and st.unseen_ns >= HELD_BACK_MIN_NS:
-                    held_back = True
-            look = Look(held_back, shared >= 2)
-            if self.want_cpu:
-                self.helper.adjust_switch_interval(*look)
-            return look
+            used = cpu - st.charged
+            if used <= 0 and not want_wall:
+                # Idle since the last look: no stack needed, but a window
+                # may be due to close.
+                if st.pending or st.seen:
+                    _credit_all(collectors, st, expire(st, now))
+                continue
+            probed = cpu - before.get(ident, cpu) if st.clock is not None and used > 0 else 0
+            looks.append((st, seen.get(ident) or capture(frame, ident), used, probed))
+        self._forget_dead(frames, active, now)
+        # The dict holds this frame, which holds the dict: a cycle that would keep every
+        # thread's frame (and its locals) for the garbage collector, which finalizes
+        # them in any order (a BytesIO before the memoryview on it: BufferError).
+        frames.clear()
+        running = running_threads(
+            [probed for _, _, _, probed in looks], window, interval_ns,
+            self._cpu_in_window(main, before),
+        )
+        held_back = False
+        shared = 0
+        for (st, sighting, used, probed), run in zip(looks, running, strict=True):
+            if run and 5 * probed < 4 * window:
+                shared += 1  # it did not run through the probe: it took turns at the GIL
+            # Bursty: it used CPU unseen, less than half the time since the last look
+            # at it (more is a busy thread a probe missed; seen for the first time, a
+            # thread has no last look).
+            elapsed = now - st.wall
+            bursty = 0 < 2 * used < elapsed
+            # A look the GIL kept late stands for its whole delay only in a
+            # thread that used that CPU (the one holding the GIL), not in
+            # one that waited behind it.
+            weight = min(since, max(used, 2 * self.period_ns))
+            self._charge(collectors, st, sighting, run, used, now, weight=weight)
+            if bursty and st.unseen_ns >= HELD_BACK_MIN_NS:
+                held_back = True
+        look = Look(held_back, shared >= 2)
+        if self.want_cpu:
+            self.helper.adjust_switch_interval(*look)
+        return look
+
+    def _cpu_in_window(self, ident: int | None, before: dict[int, int]) -> int:
+        """CPU thread ``ident`` (the main thread its own ticks see, not looked at) used
+        since ``before``: its share of the GIL the others took turns at."""
+        st = self.states.get(ident) if ident is not None else None
+        if st is None or st.clock is None or ident not in before:
+            return 0
+        try:
+            return max(0, time.clock_gettime_ns(st.clock) - before[ident])
+        except OSError:
+            return 0
 
     def _charge(
         self,
@@ -475,8 +507,8 @@ class _Engine:
 
         ``weight``: what a running sighting stands for (``_estimate``);
         ``own_timer``: a tick of the thread's own CPU timer (``tick``);
-        ``final``: charge everything held back now (a collector leaves,
-        sampling pauses), where ``settle`` says; ``within``: inside this
+        ``final``: close the thread's window now (a collector joins or
+        leaves, sampling pauses), as ``settle`` says; ``within``: inside this
         code's call, which is ending (``sighting`` must be inside it).
         """
         used = max(used, 0)
@@ -551,13 +583,24 @@ class _Engine:
             if code is not None and code not in key:
                 key = (code, -1, *key)
             self._charge(collectors, st, (key, labels), False, used, now, final=True, within=code)
+            if code is not None:
+                # The call is over: what the thread does next, unseen, is not in it.
+                if st.last_running is not None and code in st.last_running[0]:
+                    st.last_running = None
+                if st.waiting_at is not None and code in st.waiting_at[0]:
+                    st.waiting_at = None
 
-    def _forget_dead(self, frames: dict[int, FrameType], active: object) -> None:
+    def _forget_dead(self, frames: dict[int, FrameType], active: object, now: int) -> None:
         states = self.states
         if len(states) > len(frames):
             alive = active if isinstance(active, dict) else {}
             for ident in [i for i in states if i not in frames and i not in alive]:
-                del states[ident]
+                self._drop(states.pop(ident), now)
+
+    def _drop(self, st: ThreadState, now: int) -> None:
+        """A thread gone without telling us: charge its open window, as its exit would."""
+        if (st.pending or st.seen) and self._collectors and self.sampling:
+            _credit_all(self._collectors, st, settle(st, now))
 
     # -- thread exit ---------------------------------------------------------------------
 
@@ -633,7 +676,8 @@ class Look(NamedTuple):
     contended: bool  # threads took turns at the GIL in the probe: they compete for it
 
 
-def running_threads(probed: list[int], window: int, interval_ns: int) -> list[bool]:
+def running_threads(probed: list[int], window: int, interval_ns: int, beside: int = 0
+                    ) -> list[bool]:
     """Which threads were running at the look, from the CPU each used in the probe.
 
     A thread that was waiting for the GIL when the helper took it (made to
@@ -645,11 +689,13 @@ def running_threads(probed: list[int], window: int, interval_ns: int) -> list[bo
     wait during the probe runs only its end, and is taken as waiting (its
     stack, taken before the probe, is where it waited).  A run of
     ``interval_ns`` means the thread held the GIL until made to let go,
-    whatever the window.
+    whatever the window.  ``beside``: CPU a thread not looked at (the main
+    thread, seen by its own ticks) used in the window, its share of the
+    turns.
     """
     half = window // 2
     share = window // 5
-    together = sum(p for p in probed if p >= share) >= half
+    together = beside + sum(p for p in probed if p >= share) >= half
     return [
         p > 0 and (p >= half or p >= interval_ns or (together and p >= share))
         for p in probed

@@ -109,10 +109,10 @@ def look_rate(busy: int, hz: int, seconds: float) -> tuple[float, float]:
 
     def counted(
         before: dict[int, int], seen: dict[int, Sighting], window: int,
-        interval_ns: int, since: int,
+        interval_ns: int, since: int, *, wait: bool = True,
     ) -> _sampler.Look:
         looks.append(time.monotonic_ns())
-        return original(before, seen, window, interval_ns, since)
+        return original(before, seen, window, interval_ns, since, wait=wait)
 
     stop = threading.Event()
 
