@@ -33,7 +33,7 @@ CPU.  The estimator works in *windows* of about ``WINDOW_NS`` per thread:
   caller that waits is known, the work inside it was not seen;
 * the SIGPROF handler's ticks of the main thread (``tick``) come every
   period of the thread's own CPU, where it runs: each is charged at once
-  with the CPU since the last, as in Go, outside the window;
+  with the CPU since the last, as in Go, and takes the window with it;
 * a window closes early when the profiles being fed change (a profile
   starts or stops, a decorated call begins or ends, the thread exits),
   so no CPU crosses into a profile that was not running when it was used.
@@ -159,6 +159,10 @@ def observe(st: ThreadState, sighting: Sighting, running: bool, cpu: int, now: i
 def tick(st: ThreadState, sighting: Sighting, cpu: int, now: int) -> list[Charge]:
     """A tick of the thread's own CPU timer, where it runs: its CPU since the last, charged now.
 
+    The timer fires every period of the thread's CPU, so the tick stands
+    for all of it, the part the helper's looks read meanwhile included (a
+    look at a main thread between its ticks finds it mostly waiting, and
+    the few it finds "running" are wake-ups in its probe, at the wait).
     In the standard library's waiting code it is a waiting sighting, as
     in ``observe``.
     """
@@ -168,10 +172,8 @@ def tick(st: ThreadState, sighting: Sighting, cpu: int, now: int) -> list[Charge
     st.fresh = True
     st.last_running = sighting
     st.running_at = now
-    charges = expire(st, now)
-    if cpu > 0:
-        charges.append((sighting, 1, cpu))
-    return charges
+    total, st.pending, st.seen = st.pending + cpu, 0, {}
+    return [(sighting, 1, total)] if total > 0 else []
 
 
 def expire(st: ThreadState, now: int) -> list[Charge]:

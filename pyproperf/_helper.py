@@ -108,7 +108,8 @@ QUIET_LOOK_NS = 50_000_000
 # A helper that has not looked for this long (or three periods, if longer)
 # is kept from the GIL by busy threads: the SIGPROF handler, which runs with
 # the GIL, looks for it (measured on this 2-CPU VM: with the main thread and
-# one worker busy, the helper went 150 ms without the GIL in 1 run of 30).
+# one worker busy for 0.15 s, the worker went unseen in 3 runs of 140, the
+# helper 150 ms without the GIL in one of them).
 OVERDUE_NS = 20_000_000
 
 
@@ -186,8 +187,8 @@ class HelperClock:
         from it for whole profiles.  The handler's look takes no probe (it
         must not let go of the GIL in the main thread): like a helper look
         that got the GIL late, it takes the time since the last look as its
-        window, in which a thread that held the GIL a whole switch interval
-        was made to let go (``_look``).
+        window, and a thread that ran a good part of it is running
+        (``_look``, ``_sampler.running_threads``).
         """
         engine = self._engine
         if (
