@@ -16,7 +16,8 @@ CPU.  The estimator works in *windows* of about ``WINDOW_NS`` per thread:
   wait) adds its *weight* to its stack: the time the look stands for,
   the time since the helper's previous look.  A look that came late
   because C code held the GIL (a long ``sorted()``) so stands for the
-  whole call;
+  whole call in the thread that ran it (in the others, for at most two
+  periods: ``_sampler``);
 * when the window is ``WINDOW_NS`` old, its CPU is split among the
   stacks seen running in it, in proportion to their weights.  The
   helper's looks come at times of their own (jittered, see ``_helper``),
