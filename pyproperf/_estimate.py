@@ -35,6 +35,10 @@ CPU.  The estimator works in *windows* of about ``WINDOW_NS`` per thread:
 * the SIGPROF handler's ticks of the main thread (``tick``) come every
   period of the thread's own CPU, where it runs: each is charged at once
   with the CPU since the last, as in Go, and takes the window with it;
+* a running sighting at a place (innermost code and instruction) where
+  the helper's probes found the thread blocked more often than running
+  had just woken there, and counts for nothing when its window closes
+  (``_sampler._probe_verdict``);
 * a window closes early when the profiles being fed change (a profile
   starts or stops, a decorated call begins or ends, the thread exits),
   so no CPU crosses into a profile that was not running when it was used.
@@ -51,8 +55,20 @@ from pyproperf._labels import LabelSet
 
 __all__ = [
     "INTERNAL_THREAD_PREFIX",
-    "WINDOW_NS", "Charge", "Sighting", "ThreadState", "expire", "in_wait_code", "observe",
-    "settle", "tick", "unseen",
+    "PLACES_MAX",
+    "WINDOW_NS",
+    "Charge",
+    "Place",
+    "Sighting",
+    "ThreadState",
+    "blocks_at",
+    "expire",
+    "in_wait_code",
+    "observe",
+    "place",
+    "settle",
+    "tick",
+    "unseen",
 ]
 
 # A stack and the labels active on it.
@@ -60,6 +76,12 @@ Sighting = tuple[_stacks.StackKey, "LabelSet | None"]
 
 # Where CPU goes: (sighting, samples, nanoseconds).
 Charge = tuple[Sighting, int, int]
+
+# Where a thread stands: its innermost code and instruction offset.
+Place = tuple[object, object]
+
+# How many places a thread was probed at are kept (then forgotten, all at once).
+PLACES_MAX = 256
 
 # Threads pyproperf starts are named so; the sampler leaves them out.
 INTERNAL_THREAD_PREFIX = "pyproperf-"
@@ -81,6 +103,28 @@ _WAIT_FILES = frozenset(
 _WAIT_DIRS = tuple(_STDLIB + d + os.sep for d in ("asyncio", "concurrent", "multiprocessing"))
 
 
+def place(sighting: Sighting) -> Place | None:
+    """Where the sighting's thread stands: its innermost code and instruction offset."""
+    key = sighting[0]
+    return (key[0], key[1]) if len(key) >= 2 else None
+
+
+def blocks_at(st: ThreadState, where: Place | None, blocked: bool) -> int:
+    """Count a probe that found the thread blocked (or running) at ``where``.
+
+    Returns the place's score before this one: the probes that found the
+    thread blocked there, less those that found it running there.
+    """
+    if where is None:
+        return 0
+    places = st.places
+    score = places.get(where, 0)
+    if len(places) >= PLACES_MAX and where not in places:
+        places.clear()
+    places[where] = score + (1 if blocked else -1)
+    return score
+
+
 def in_wait_code(sighting: Sighting) -> bool:
     """Whether the innermost frame of a sighting is standard-library waiting code."""
     key = sighting[0]
@@ -100,6 +144,7 @@ class ThreadState:
         "name",
         "pending",
         "pending_since",
+        "places",
         "running_at",
         "seen",
         "thread",
@@ -127,6 +172,9 @@ class ThreadState:
         self.fresh = False  # the last look at the thread saw it running
         self.waiting_at: Sighting | None = None  # the last waiting sighting
         self.unseen_ns = 0  # CPU of the last look used between two looks that saw it waiting
+        # Places (innermost code and instruction offset): how many more probes found
+        # the thread blocked there than running there (``_sampler._probe_verdict``).
+        self.places: dict[Place, int] = {}
 
 
 def observe(st: ThreadState, sighting: Sighting, running: bool, cpu: int, now: int,
@@ -201,6 +249,16 @@ def settle(
     """
     total, st.pending = st.pending, 0
     seen, st.seen = st.seen, {}
+    if st.places:
+        # A sighting at a place where probes have since found the thread blocked more
+        # often than running: it had just woken there (``_sampler._probe_verdict``).
+        woke = [s for s in seen if _blocks_there(st, s)]
+        for s in woke:
+            del seen[s]
+            st.waiting_at = st.waiting_at or s
+        if st.last_running is not None and _blocks_there(st, st.last_running):
+            st.waiting_at = st.waiting_at or st.last_running
+            st.last_running = None
     if seen:
         return _split(total, seen)
     if total <= 0:
@@ -212,6 +270,12 @@ def settle(
     elif st.waiting_at is not None and (within is None or within in st.waiting_at[0]):
         where = unseen(st.waiting_at)
     return [(where, 1, total)] if where is not None else []
+
+
+def _blocks_there(st: ThreadState, sighting: Sighting) -> bool:
+    """Whether probes found the thread blocked at the sighting's place more often than not."""
+    where = place(sighting)
+    return where is not None and st.places.get(where, 0) > 0
 
 
 def _split(total: int, seen: dict[Sighting, list[int]]) -> list[Charge]:

@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Collection
 from types import CodeType, FrameType
 from typing import NamedTuple
 
@@ -36,8 +37,10 @@ from pyproperf._estimate import (
     Charge,
     Sighting,
     ThreadState,
+    blocks_at,
     expire,
     observe,
+    place,
     settle,
     tick,
 )
@@ -317,11 +320,16 @@ class _Engine:
         self.states = states
         self.last_signal_tick = 0
 
-    def read_clocks(self, *, every: bool = False) -> dict[int, int]:
-        """CPU clocks of threads that used CPU since their last look (all: ``every``)."""
+    def read_clocks(
+        self, *, every: bool = False, only: Collection[int] | None = None
+    ) -> dict[int, int]:
+        """CPU clocks of threads that used CPU since their last look (all: ``every``),
+        of threads ``only`` if given."""
         out = {}
         gettime = time.clock_gettime_ns
-        for ident, st in list(self.states.items()):
+        states = self.states
+        for ident, st in list(states.items() if only is None else
+                              ((i, states[i]) for i in only if i in states)):
             if st.clock is None or st.internal:
                 continue
             try:
@@ -390,7 +398,8 @@ class _Engine:
 
     def helper_tick(
         self, before: dict[int, int], seen: dict[int, Sighting], window: int, interval_ns: int,
-        since: int, *, wait: bool = True,
+        since: int, *, wait: bool = True, probe_end: dict[int, int] | None = None,
+        stopped: frozenset[int] = frozenset(),
     ) -> Look:
         """The helper's look at every thread (see ``_helper``).
 
@@ -400,32 +409,72 @@ class _Engine:
         let go of the GIL mid-work; ``since``: the time since the previous
         look, which a running sighting stands for (``_estimate``); ``wait``
         False (the SIGPROF handler's look): skip the look rather than wait
-        for another thread's tick.
+        for another thread's tick; ``probe_end``: the clocks read at the
+        probe's end, if a second probe followed it; ``stopped``: threads
+        whose run the probe saw end (running at their stacks).
         """
         if not self._tick_lock.acquire(blocking=wait):
             return Look(False, False)
         try:
-            return self._look_at_threads(before, seen, window, interval_ns, since)
+            return self._look_at_threads(
+                before, seen, window, interval_ns, since, probe_end, stopped)
         finally:
             self._tick_lock.release()
 
     def _look_at_threads(
         self, before: dict[int, int], seen: dict[int, Sighting], window: int, interval_ns: int,
-        since: int,
+        since: int, probe_end: dict[int, int] | None, stopped: frozenset[int],
     ) -> Look:
         """``helper_tick``'s look, with the tick lock held."""
         collectors = self._collectors
         if not collectors or not self.sampling:
             return Look(False, False)
+        now = time.monotonic_ns()
+        main = self.main_covered()
+        looks = self._gather(before, seen, probe_end, stopped, main, now)
+        running = running_threads(
+            [probed for _, _, _, probed, _ in looks], window, interval_ns,
+            self._cpu_in_window(main, before, probe_end),
+        )
+        held_back = False
+        shared = 0
+        for (st, sighting, used, probed, ended), run in zip(looks, running, strict=True):
+            if run and 5 * probed < 4 * window:
+                shared += 1  # it did not run through the probe: it took turns at the GIL
+            if ended is not None:
+                run = _probe_verdict(st, sighting, run, probed, probe_end, ended)
+            # Bursty: it used CPU unseen, less than half the time since the last look
+            # at it (more is a busy thread a probe missed; seen for the first time, a
+            # thread has no last look).
+            elapsed = now - st.wall
+            bursty = 0 < 2 * used < elapsed
+            # A look the GIL kept late stands for its whole delay only in a
+            # thread that used that CPU (the one holding the GIL), not in
+            # one that waited behind it.
+            weight = min(since, max(used, 2 * self.period_ns))
+            self._charge(collectors, st, sighting, run, used, now, weight=weight)
+            if bursty and st.unseen_ns >= HELD_BACK_MIN_NS:
+                held_back = True
+        look = Look(held_back, shared >= 2)
+        if self.want_cpu:
+            self.helper.adjust_switch_interval(*look)
+        return look
+
+    def _gather(
+        self, before: dict[int, int], seen: dict[int, Sighting],
+        probe_end: dict[int, int] | None, stopped: frozenset[int], main: int | None, now: int,
+    ) -> list[tuple[ThreadState, Sighting, int, int, bool | None]]:
+        """Every thread that used CPU since its last look (every thread, for wall
+        profiles): its state, stack, CPU since then, CPU in the probe, and whether its
+        run ended in the probe (None: its stack was taken after the probe)."""
+        collectors = self._collectors
         want_wall = self.want_wall
         helper = self.helper.ident
         active = getattr(threading, "_active", None)
         gettime = time.clock_gettime_ns
         capture = _stacks.capture
         frames = sys._current_frames()
-        now = time.monotonic_ns()
-        main = self.main_covered()
-        looks: list[tuple[ThreadState, Sighting, int, int]] = []
+        looks: list[tuple[ThreadState, Sighting, int, int, bool | None]] = []
         for ident, frame in frames.items():
             if ident == helper or (ident == main and not want_wall):
                 continue
@@ -445,45 +494,29 @@ class _Engine:
                 if st.pending or st.seen:
                     _credit_all(collectors, st, expire(st, now))
                 continue
-            probed = cpu - before.get(ident, cpu) if st.clock is not None and used > 0 else 0
-            looks.append((st, seen.get(ident) or capture(frame, ident), used, probed))
+            end = probe_end.get(ident, cpu) if probe_end else cpu  # at the probe's end
+            probed = end - before.get(ident, end) if st.clock is not None and used > 0 else 0
+            taken = seen.get(ident)  # its stack before the probe
+            ended = None if taken is None or st.clock is None else ident in stopped
+            looks.append((st, taken or capture(frame, ident), used, probed, ended))
         self._forget_dead(frames, active, now)
         # The dict holds this frame, which holds the dict: a cycle that would keep every
         # thread's frame (and its locals) for the garbage collector, which finalizes
         # them in any order (a BytesIO before the memoryview on it: BufferError).
         frames.clear()
-        running = running_threads(
-            [probed for _, _, _, probed in looks], window, interval_ns,
-            self._cpu_in_window(main, before),
-        )
-        held_back = False
-        shared = 0
-        for (st, sighting, used, probed), run in zip(looks, running, strict=True):
-            if run and 5 * probed < 4 * window:
-                shared += 1  # it did not run through the probe: it took turns at the GIL
-            # Bursty: it used CPU unseen, less than half the time since the last look
-            # at it (more is a busy thread a probe missed; seen for the first time, a
-            # thread has no last look).
-            elapsed = now - st.wall
-            bursty = 0 < 2 * used < elapsed
-            # A look the GIL kept late stands for its whole delay only in a
-            # thread that used that CPU (the one holding the GIL), not in
-            # one that waited behind it.
-            weight = min(since, max(used, 2 * self.period_ns))
-            self._charge(collectors, st, sighting, run, used, now, weight=weight)
-            if bursty and st.unseen_ns >= HELD_BACK_MIN_NS:
-                held_back = True
-        look = Look(held_back, shared >= 2)
-        if self.want_cpu:
-            self.helper.adjust_switch_interval(*look)
-        return look
+        return looks
 
-    def _cpu_in_window(self, ident: int | None, before: dict[int, int]) -> int:
+    def _cpu_in_window(
+        self, ident: int | None, before: dict[int, int], probe_end: dict[int, int] | None
+    ) -> int:
         """CPU thread ``ident`` (the main thread its own ticks see, not looked at) used
-        since ``before``: its share of the GIL the others took turns at."""
+        since ``before`` (up to ``probe_end``, if there): its share of the GIL the
+        others took turns at."""
         st = self.states.get(ident) if ident is not None else None
         if st is None or st.clock is None or ident not in before:
             return 0
+        if probe_end and ident in probe_end:
+            return max(0, probe_end[ident] - before[ident])
         try:
             return max(0, time.clock_gettime_ns(st.clock) - before[ident])
         except OSError:
@@ -667,6 +700,35 @@ class _Engine:
 # (0.1 ms every 10 ms, say): bursts that short the helper sees little of
 # even at the short interval, and it would be shortened for nothing.
 HELD_BACK_MIN_NS = 500_000
+
+
+def _probe_verdict(st: ThreadState, taken: Sighting, run: bool, probed: int,
+                   probe_end: dict[int, int] | None, stopped: bool) -> bool:
+    """Whether a thread whose stack ``taken`` was taken before the probe was running.
+
+    ``run``: what its CPU in the probe says (``running_threads``).  That
+    is wrong for a thread that woke from a blocking call just as the probe
+    began and ran most of it (a request handled in 0.1 ms after a
+    ``recv``): it was waiting, at the call.  ``stopped``: it ran part of
+    the probe and took none of a second one (``_helper._runs_that_ended``),
+    which is a run that ended in the probe, or a thread that woke in it,
+    ran briefly and blocked elsewhere (an I/O loop with two places it
+    waits at).
+
+    The place tells them apart: a probe with the GIL free at its end
+    (``probe_end``) in which the thread took no CPU found it blocked there,
+    and each probe counts for the place (``_estimate.blocks_at``).  At a
+    place where probes found the thread blocked more often than running, it
+    is waiting; a stopped run counts as running only at a place where they
+    found it running more often.
+    """
+    where = place(taken)
+    if run:
+        return blocks_at(st, where, False) <= 0
+    if probe_end is not None and probed == 0:
+        blocks_at(st, where, True)
+        return False
+    return stopped and where is not None and st.places.get(where, 0) < 0
 
 
 class Look(NamedTuple):

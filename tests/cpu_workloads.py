@@ -414,3 +414,55 @@ def work_wait_shares(scale: float) -> dict[str, float]:
 
 
 WORKLOADS["work_wait_shares"] = work_wait_shares
+
+
+# -- an I/O loop that blocks at two places -------------------------------------------
+
+
+def handle(seconds: float) -> None:
+    spin(seconds)
+
+
+def read_two_pipes(scale: float) -> dict[str, float]:
+    """A thread blocks in ``os.read`` on one pipe, handles what came (0.1 ms), blocks on
+    a second pipe, handles again; a feeder writes to each in turn every 1-3 ms (seeded).
+
+    Its reads wake it at times of their own, inside the helper's probes too; a thread
+    that wakes in a probe, runs briefly and blocks at its other read looks like a run
+    that ended in the probe, at the first read.  Truth: the reader's CPU, and its CPU
+    in ``handle``."""
+    import os
+
+    truth = {"reader": 0.0, "handle": 0.0}
+    rounds = max(1, int(250 * scale))
+    fds = [os.pipe(), os.pipe()]
+
+    def reader() -> None:
+        start = time.thread_time()
+        for _ in range(rounds):
+            for r, _w in fds:
+                os.read(r, 1)
+                t0 = time.thread_time()
+                handle(0.0001)
+                truth["handle"] += time.thread_time() - t0
+        truth["reader"] = time.thread_time() - start
+
+    def feeder() -> None:
+        rnd = random.Random(1)
+        for _ in range(rounds):
+            for _r, w in fds:
+                time.sleep(rnd.uniform(0.001, 0.003))
+                os.write(w, b"x")
+
+    threads = [threading.Thread(target=reader, name="reader"),
+               threading.Thread(target=feeder, name="feeder")]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for r, w in fds:
+            os.close(r)
+            os.close(w)
+    return truth

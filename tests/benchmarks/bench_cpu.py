@@ -110,9 +110,11 @@ def look_rate(busy: int, hz: int, seconds: float) -> tuple[float, float]:
     def counted(
         before: dict[int, int], seen: dict[int, Sighting], window: int,
         interval_ns: int, since: int, *, wait: bool = True,
+        probe_end: dict[int, int] | None = None, stopped: frozenset[int] = frozenset(),
     ) -> _sampler.Look:
         looks.append(time.monotonic_ns())
-        return original(before, seen, window, interval_ns, since, wait=wait)
+        return original(before, seen, window, interval_ns, since, wait=wait,
+                        probe_end=probe_end, stopped=stopped)
 
     stop = threading.Event()
 
@@ -398,8 +400,11 @@ def main(quick: bool) -> None:
     print("| --- | --- | --- | --- |")
     for name in cpu_workloads.WORKLOADS:
         # Short workloads (about 0.25 s of CPU a run, or short bursts sighted a few times a
-        # run): 40 runs, for their error to measure bias rather than sampling noise
-        # (random_schedule 3.3 pp at 10 runs, 0.45 at 40; worker_bursts 1.9-7.5 at 10).
-        runs = 2 if quick else 40 if name in ("random_schedule", "worker_bursts") else 10
+        # run): more runs, for their error to measure bias rather than sampling noise
+        # (random_schedule 3.3 pp at 10 runs, 0.45 at 40).  worker_bursts: about 40
+        # sightings a run, a quarter of them short bursts, so the short bursts' share has
+        # a sampling noise of about 1.1 pp at 40 runs (21.6-26.3 % measured, for a true
+        # 25 %), 0.65 at 120.
+        runs = 2 if quick else {"random_schedule": 40, "worker_bursts": 120}.get(name, 10)
         err, ratio, runs = accuracy(name, runs)
         print(f"| {name} | {runs} | {err:.2f} | {ratio:.3f} |", flush=True)
