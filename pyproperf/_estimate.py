@@ -81,7 +81,7 @@ Charge = tuple[Sighting, int, int]
 Place = tuple[object, object]
 
 # How many places a thread was probed at are kept (then forgotten, all at once).
-PLACES_MAX = 256
+PLACES_MAX = 1024
 
 # Threads pyproperf starts are named so; the sampler leaves them out.
 INTERNAL_THREAD_PREFIX = "pyproperf-"
@@ -120,7 +120,9 @@ def blocks_at(st: ThreadState, where: Place | None, blocked: bool) -> int:
     places = st.places
     score = places.get(where, 0)
     if len(places) >= PLACES_MAX and where not in places:
-        places.clear()
+        # Keep the places it blocks at; forget the rest (all, if they are all such).
+        for other in [p for p, n in places.items() if n <= 0] or list(places):
+            del places[other]
     places[where] = score + (1 if blocked else -1)
     return score
 
@@ -165,7 +167,8 @@ class ThreadState:
         self.wall = wall  # monotonic time accounted up to (wall clock profiles)
         self.pending = 0  # CPU ns in the open window, not yet charged
         self.pending_since = 0  # when the open window began
-        # Running sightings in the open window: [looks, weight] per stack.
+        # Running sightings in the open window: [looks, weight, weight of the sure
+        # ones] per stack.
         self.seen: dict[Sighting, list[int]] = {}
         self.last_running: Sighting | None = None
         self.running_at = 0  # monotonic time of that sighting
@@ -178,10 +181,12 @@ class ThreadState:
 
 
 def observe(st: ThreadState, sighting: Sighting, running: bool, cpu: int, now: int,
-            weight: int) -> list[Charge]:
+            weight: int, *, sure: bool = True) -> list[Charge]:
     """Account ``cpu`` ns used since the last look; return what to charge now, if anything.
 
-    ``weight``: what a running sighting stands for (see the module's docstring).
+    ``weight``: what a running sighting stands for (see the module's docstring);
+    ``sure``: False for a running sighting that the place it was made at may
+    undo when the window closes (``settle``).
     """
     if running and in_wait_code(sighting):
         running = False
@@ -194,12 +199,14 @@ def observe(st: ThreadState, sighting: Sighting, running: bool, cpu: int, now: i
     if running:
         st.last_running = sighting
         st.running_at = now
+        weight = max(weight, 1)
         slot = st.seen.get(sighting)
         if slot is None:
-            st.seen[sighting] = [1, max(weight, 1)]
+            st.seen[sighting] = [1, weight, weight if sure else 0]
         else:
             slot[0] += 1
-            slot[1] += max(weight, 1)
+            slot[1] += weight
+            slot[2] += weight if sure else 0
     else:
         st.waiting_at = sighting
     return expire(st, now)
@@ -252,10 +259,13 @@ def settle(
     if st.places:
         # A sighting at a place where probes have since found the thread blocked more
         # often than running: it had just woken there (``_sampler._probe_verdict``).
-        woke = [s for s in seen if _blocks_there(st, s)]
-        for s in woke:
-            del seen[s]
-            st.waiting_at = st.waiting_at or s
+        for s in [s for s in seen if _blocks_there(st, s)]:
+            count, _, sure = seen[s]
+            if sure:
+                seen[s] = [count, sure, sure]
+            else:
+                del seen[s]
+                st.waiting_at = st.waiting_at or s
         if st.last_running is not None and _blocks_there(st, st.last_running):
             st.waiting_at = st.waiting_at or st.last_running
             st.last_running = None
@@ -280,8 +290,8 @@ def _blocks_there(st: ThreadState, sighting: Sighting) -> bool:
 
 def _split(total: int, seen: dict[Sighting, list[int]]) -> list[Charge]:
     """``total`` ns among sightings in proportion to their weights (exactly, in integers)."""
-    weights = sum(w for _, w in seen.values())
-    charges = [(sighting, n, total * w // weights) for sighting, (n, w) in seen.items()]
+    weights = sum(slot[1] for slot in seen.values())
+    charges = [(sighting, n, total * w // weights) for sighting, (n, w, _) in seen.items()]
     rest = total - sum(ns for _, _, ns in charges)
     if rest:
         sighting, n, ns = charges[0]

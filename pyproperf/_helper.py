@@ -59,6 +59,7 @@ from typing import Any, Protocol
 from pyproperf import _hooks
 from pyproperf._estimate import in_wait_code
 from pyproperf._sigprof import precise_wakeups
+from pyproperf._stacks import PACKAGE_DIR
 
 
 class Engine(Protocol):
@@ -351,13 +352,13 @@ class HelperClock:
         part of the probe, moved from its stack and was not taken in the
         standard library's waiting code, a second probe tells the two
         apart: a run that ended (a burst) takes no CPU in it; a thread that
-        woke usually wants the GIL again, and takes it.  One that woke, ran
+        woke and still works wants the GIL again, and takes it.  One that woke, ran
         briefly and blocked again elsewhere takes none either: the engine
         counts these only at a place the thread was found running at more
         often than blocked at (``_sampler._probe_verdict``).
         """
         engine = self._engine
-        end = engine.read_clocks(only=seen)
+        end = engine.read_clocks(only=before)  # the main thread's too, if it used CPU
         half = window // 2
         partial = [
             ident for ident, sighting in seen.items()
@@ -373,14 +374,20 @@ class HelperClock:
             frames.clear()
         if not moved:
             return end, frozenset()
+        t0 = time.monotonic_ns()
         self._probe.acquire(timeout=PROBE_S)  # let go of the GIL again
+        if time.monotonic_ns() - t0 >= 2 * PROBE_NS:
+            return end, frozenset()  # a thread held on to the GIL: it tells nothing
         again = engine.read_clocks(every=True, only=moved)
         return end, frozenset(ident for ident in moved if again.get(ident) == end[ident])
 
 
 def _moved(frame: Any, sighting: Any) -> bool:
-    """Whether a thread now at ``frame`` has left the innermost place of ``sighting``."""
+    """Whether a thread now at ``frame`` has left the innermost place of ``sighting``
+    (pyproperf's own frames at the leaf skipped, as ``_stacks.capture`` does)."""
+    while frame is not None and frame.f_code.co_filename.startswith(PACKAGE_DIR):
+        frame = frame.f_back
     if frame is None:
         return False
     key = sighting[0]
-    return not (key and frame.f_code is key[0] and frame.f_lasti == key[1])
+    return not (len(key) >= 2 and frame.f_code is key[0] and frame.f_lasti == key[1])

@@ -329,8 +329,8 @@ class _Engine:
         gettime = time.clock_gettime_ns
         states = self.states
         for ident, st in list(states.items() if only is None else
-                              ((i, states[i]) for i in only if i in states)):
-            if st.clock is None or st.internal:
+                              ((i, states.get(i)) for i in only)):
+            if st is None or st.clock is None or st.internal:
                 continue
             try:
                 cpu = gettime(st.clock)
@@ -410,8 +410,9 @@ class _Engine:
         look, which a running sighting stands for (``_estimate``); ``wait``
         False (the SIGPROF handler's look): skip the look rather than wait
         for another thread's tick; ``probe_end``: the clocks read at the
-        probe's end, if a second probe followed it; ``stopped``: threads
-        whose run the probe saw end (running at their stacks).
+        probe's end, if no thread held on to the GIL at it (None if one
+        did); ``stopped``: threads that ran part of the probe and none of a
+        second one (``_helper._runs_that_ended``).
         """
         if not self._tick_lock.acquire(blocking=wait):
             return Look(False, False)
@@ -432,17 +433,22 @@ class _Engine:
         now = time.monotonic_ns()
         main = self.main_covered()
         looks = self._gather(before, seen, probe_end, stopped, main, now)
-        running = running_threads(
-            [probed for _, _, _, probed, _ in looks], window, interval_ns,
-            self._cpu_in_window(main, before, probe_end),
-        )
+        probes = [probed for _, _, _, probed, _ in looks]
+        beside = self._cpu_in_window(main, before, probe_end)
+        running = running_threads(probes, window, interval_ns, beside)
+        # No thread held on to the GIL at the probe's end, and together the threads
+        # used little of it: a thread that took none of it was blocked.
+        idle = probe_end is not None and 4 * (sum(probes) + beside) < window
         held_back = False
         shared = 0
         for (st, sighting, used, probed, ended), run in zip(looks, running, strict=True):
-            if run and 5 * probed < 4 * window:
+            through = 5 * probed >= 4 * window
+            if run and not through:
                 shared += 1  # it did not run through the probe: it took turns at the GIL
+            sure = True
             if ended is not None:
-                run = _probe_verdict(st, sighting, run, probed, probe_end, ended)
+                run, sure = _probe_verdict(st, sighting, run, through, idle and probed == 0,
+                                           ended)
             # Bursty: it used CPU unseen, less than half the time since the last look
             # at it (more is a busy thread a probe missed; seen for the first time, a
             # thread has no last look).
@@ -452,7 +458,7 @@ class _Engine:
             # thread that used that CPU (the one holding the GIL), not in
             # one that waited behind it.
             weight = min(since, max(used, 2 * self.period_ns))
-            self._charge(collectors, st, sighting, run, used, now, weight=weight)
+            self._charge(collectors, st, sighting, run, used, now, weight=weight, sure=sure)
             if bursty and st.unseen_ns >= HELD_BACK_MIN_NS:
                 held_back = True
         look = Look(held_back, shared >= 2)
@@ -497,7 +503,7 @@ class _Engine:
             end = probe_end.get(ident, cpu) if probe_end else cpu  # at the probe's end
             probed = end - before.get(ident, end) if st.clock is not None and used > 0 else 0
             taken = seen.get(ident)  # its stack before the probe
-            ended = None if taken is None or st.clock is None else ident in stopped
+            ended = None if taken is None or st.clock is None or used <= 0 else ident in stopped
             looks.append((st, taken or capture(frame, ident), used, probed, ended))
         self._forget_dead(frames, active, now)
         # The dict holds this frame, which holds the dict: a cycle that would keep every
@@ -510,8 +516,8 @@ class _Engine:
         self, ident: int | None, before: dict[int, int], probe_end: dict[int, int] | None
     ) -> int:
         """CPU thread ``ident`` (the main thread its own ticks see, not looked at) used
-        since ``before`` (up to ``probe_end``, if there): its share of the GIL the
-        others took turns at."""
+        since ``before`` (up to ``probe_end``, if read there): its share of the GIL
+        the others took turns at."""
         st = self.states.get(ident) if ident is not None else None
         if st is None or st.clock is None or ident not in before:
             return 0
@@ -535,6 +541,7 @@ class _Engine:
         own_timer: bool = False,
         final: bool = False,
         within: CodeType | None = None,
+        sure: bool = True,
     ) -> None:
         """Feed one look at a thread to the estimator and the collectors.
 
@@ -542,7 +549,9 @@ class _Engine:
         ``own_timer``: a tick of the thread's own CPU timer (``tick``);
         ``final``: close the thread's window now (a collector joins or
         leaves, sampling pauses), as ``settle`` says; ``within``: inside this
-        code's call, which is ending (``sighting`` must be inside it).
+        code's call, which is ending (``sighting`` must be inside it);
+        ``sure``: False for a running sighting the thread's place may undo
+        (``_probe_verdict``).
         """
         used = max(used, 0)
         st.charged += used
@@ -552,7 +561,7 @@ class _Engine:
         elif own_timer:
             charges = tick(st, sighting, used, now)
         else:
-            charges = observe(st, sighting, running, used, now, weight)
+            charges = observe(st, sighting, running, used, now, weight, sure=sure)
         _credit_all(collectors, st, charges)
         wall = now - st.wall
         st.wall = now
@@ -702,33 +711,36 @@ class _Engine:
 HELD_BACK_MIN_NS = 500_000
 
 
-def _probe_verdict(st: ThreadState, taken: Sighting, run: bool, probed: int,
-                   probe_end: dict[int, int] | None, stopped: bool) -> bool:
-    """Whether a thread whose stack ``taken`` was taken before the probe was running.
+def _probe_verdict(st: ThreadState, taken: Sighting, run: bool, through: bool, blocked: bool,
+                   stopped: bool) -> tuple[bool, bool]:
+    """Whether a thread whose stack ``taken`` was taken before the probe was running,
+    and whether that is sure.
 
-    ``run``: what its CPU in the probe says (``running_threads``).  That
-    is wrong for a thread that woke from a blocking call just as the probe
-    began and ran most of it (a request handled in 0.1 ms after a
-    ``recv``): it was waiting, at the call.  ``stopped``: it ran part of
+    ``run``: what its CPU in the probe says (``running_threads``); ``through``:
+    it ran through the probe (C code without the GIL, or the GIL's only
+    taker): sure.  A thread that ran only most of it may have woken from a
+    blocking call just as the probe began (a request handled in 0.1 ms after
+    a ``recv``): it was waiting, at the call.  ``stopped``: it ran part of
     the probe and took none of a second one (``_helper._runs_that_ended``),
-    which is a run that ended in the probe, or a thread that woke in it,
-    ran briefly and blocked elsewhere (an I/O loop with two places it
-    waits at).
+    which is a run that ended in the probe, or a thread that woke in it, ran
+    briefly and blocked elsewhere (an I/O loop with two places it waits at).
+    ``blocked``: it took none of a probe that the other threads left mostly
+    idle, so it was blocked where it was taken.
 
-    The place tells them apart: a probe with the GIL free at its end
-    (``probe_end``) in which the thread took no CPU found it blocked there,
-    and each probe counts for the place (``_estimate.blocks_at``).  At a
-    place where probes found the thread blocked more often than running, it
-    is waiting; a stopped run counts as running only at a place where they
-    found it running more often.
+    The place tells them apart: each probe counts for it
+    (``_estimate.blocks_at``).  At a place where probes found the thread
+    blocked more often than running, a run that is not sure is waiting (and
+    sightings made before the place was known are undone when the window
+    closes: ``_estimate.settle``); a stopped run counts as running only at a
+    place where they found it running more often.
     """
     where = place(taken)
     if run:
-        return blocks_at(st, where, False) <= 0
-    if probe_end is not None and probed == 0:
+        return blocks_at(st, where, False) <= 0 or through, through
+    if blocked:
         blocks_at(st, where, True)
-        return False
-    return stopped and where is not None and st.places.get(where, 0) < 0
+        return False, True
+    return stopped and where is not None and st.places.get(where, 0) < 0, False
 
 
 class Look(NamedTuple):

@@ -163,15 +163,16 @@ def test_io_loop_cpu_not_charged_where_it_blocks(tmp_path: Path) -> None:
     it waits.  Before 2026-12-05 about all of it landed there (flat in ``reader``)."""
     path, result = profile_of(lambda: wl.read_two_pipes(1.0), tmp_path)
     truth: dict[str, float] = result  # type: ignore[assignment]
-    rows = top_by_name(path, "-tagfocus=thread=^reader$")
+    rows = top_by_name(path, "-lines", "-tagfocus=thread=^reader$")
     total = sum(r.flat for r in rows.values())
     assert total >= 0.9 * truth["reader"], (rows, truth)  # its CPU is all there
-    reader = [r for name, r in rows.items() if name.endswith("reader")]
-    assert reader, pprof("-top", path)
-    # Its own code (the loop and the reads) used under a tenth of its CPU: the rest was
-    # in handle, which runs too briefly to be seen, under "(ran between samples)".
-    own = 1 - truth["handle"] / truth["reader"]
-    assert reader[0].flat <= (own + 0.15) * total, (pprof("-top", path), truth)
+    source = Path(wl.__file__).read_text().splitlines()
+    read = next(n for n, text in enumerate(source, 1) if "os.read(r, 1)" in text)
+    at_read = [r.flat for name, r in rows.items() if name.endswith(f"cpu_workloads.py:{read}")]
+    # The read itself uses a few µs of a round's 0.1 ms.  (The rest is in handle, too
+    # brief to be seen: under "(ran between samples)", or wherever else in the loop a
+    # look happened to find the thread running.)
+    assert sum(at_read) <= 0.15 * total, (pprof("-top", "-lines", path), truth)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -287,36 +288,42 @@ def test_probe_tells_a_run_that_ended_from_a_thread_that_woke() -> None:
 
 def test_probes_learn_where_a_thread_blocks() -> None:
     """Each probe counts for the place a thread's stack was taken at: blocked there (no CPU
-    in a probe with the GIL free at its end) or running.  A run the probe saw end counts
+    in a probe the other threads left idle) or running.  A run the probe saw end counts
     only where probes found the thread running more often; at a place where they found it
-    blocked more often, a thread that ran most of a probe had just woken there."""
+    blocked more often, a thread that ran most of a probe (not all: C code without the
+    GIL runs all of it) had just woken there, and sightings made there before count for
+    nothing when the window closes."""
     from pyproperf._estimate import ThreadState, observe, settle, unseen
     from pyproperf._sampler import _probe_verdict
 
     st = ThreadState(None, 0, 0, None)
     work = ((wl.burst_short.__code__, 2), None)
     read = ((wl.read_two_pipes.__code__, 8), None)
-    clean: dict[int, int] = {}  # a probe with the GIL free at its end
+    # (run, ran through, blocked, stopped) -> (running, sure)
     # Nothing known of a place yet: a stopped run there is not taken as running.
-    assert not _probe_verdict(st, work, False, 40_000, clean, stopped=True)
-    assert _probe_verdict(st, work, True, 150_000, clean, stopped=False)  # ran through
-    assert _probe_verdict(st, work, False, 40_000, clean, stopped=True)  # now it is
+    assert _probe_verdict(st, work, False, False, False, True) == (False, False)
+    assert _probe_verdict(st, work, True, False, False, False) == (True, False)  # ran most
+    assert _probe_verdict(st, work, False, False, False, True) == (True, False)  # now it is
     # Found blocked at the read twice, running there once: it woke there, it waits there.
-    assert not _probe_verdict(st, read, False, 0, clean, stopped=False)
-    assert not _probe_verdict(st, read, False, 0, clean, stopped=False)
-    assert not _probe_verdict(st, read, True, 150_000, clean, stopped=False)
-    assert not _probe_verdict(st, read, False, 40_000, clean, stopped=True)
-    # No CPU in a probe another thread held the GIL through tells nothing of the place.
-    assert not _probe_verdict(st, work, False, 0, None, stopped=False)
-    assert _probe_verdict(st, work, False, 40_000, clean, stopped=True)
-    # A window's running sightings at a place found blocked more often since count for
-    # nothing: its CPU goes under the place, to "(ran between samples)".
+    assert _probe_verdict(st, read, False, False, True, False) == (False, True)
+    assert _probe_verdict(st, read, False, False, True, False) == (False, True)
+    assert _probe_verdict(st, read, True, False, False, False) == (False, False)
+    assert _probe_verdict(st, read, False, False, False, True) == (False, False)
+    # ... unless it ran through the probe: C code without the GIL, computing there.
+    assert _probe_verdict(st, read, True, True, False, False) == (True, True)
+    # A window's unsure running sightings at a place found blocked more often since count
+    # for nothing: its CPU goes under the place, to "(ran between samples)".
     fresh = ThreadState(None, 0, 0, None)
-    assert _probe_verdict(fresh, read, True, 150_000, clean, stopped=False)  # not known yet
-    observe(fresh, read, True, 5_000_000, 1_000, 10_000_000)
+    assert _probe_verdict(fresh, read, True, False, False, False) == (True, False)
+    observe(fresh, read, True, 5_000_000, 1_000, 10_000_000, sure=False)
     for _ in range(2):
-        assert not _probe_verdict(fresh, read, False, 0, clean, stopped=False)
+        assert _probe_verdict(fresh, read, False, False, True, False) == (False, True)
     assert settle(fresh, 2_000) == [(unseen(read), 1, 5_000_000)]
+    # Sure sightings there keep their share.
+    observe(fresh, read, True, 3_000_000, 3_000, 10_000_000, sure=True)
+    observe(fresh, work, True, 3_000_000, 4_000, 10_000_000, sure=False)
+    observe(fresh, read, True, 0, 5_000, 10_000_000, sure=False)
+    assert settle(fresh, 6_000) == [(read, 2, 3_000_000), (work, 1, 3_000_000)]
 
 
 def _parked_sighting(t: threading.Thread, capture: Callable[..., object]) -> object:
