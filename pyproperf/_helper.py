@@ -346,9 +346,9 @@ class HelperClock:
         its stack was taken and stopped during the probe (a burst ended:
         it was running, at that stack) or was waiting and woke during it
         (it was waiting).  Counting only runs of half the probe as running
-        misses every burst's last 0.1-0.2 ms, which is a larger part of a
-        short burst than of a long one (measured: 2 ms bursts beside 6 ms
-        ones got 23 % of the CPU for a true 25 %).  So for a thread that ran
+        misses about 0.1 ms of every burst's end (0.3 ms with the helper's
+        own delay to the GIL, measured), a larger part of a short burst
+        than of a long one.  So for a thread that ran
         part of the probe, moved from its stack and was not taken in the
         standard library's waiting code, a second probe tells the two
         apart: a run that ended (a burst) takes no CPU in it; a thread that

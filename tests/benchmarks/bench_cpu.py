@@ -401,10 +401,12 @@ def main(quick: bool) -> None:
     for name in cpu_workloads.WORKLOADS:
         # Short workloads (about 0.25 s of CPU a run, or short bursts sighted a few times a
         # run): more runs, for their error to measure bias rather than sampling noise
-        # (random_schedule 3.3 pp at 10 runs, 0.45 at 40).  worker_bursts: about 40
+        # (random_schedule 3.3 pp at 10 runs, 0.45 at 40; asyncio_tasks, about 45 ticks
+        # a run, 2.34 and 0.31 at 10 on the same code, 1.31 at 40).  worker_bursts: about 40
         # sightings a run, a quarter of them short bursts, so the short bursts' share has
         # a sampling noise of about 1.1 pp at 40 runs (21.6-26.3 % measured, for a true
         # 25 %), 0.65 at 120.
-        runs = 2 if quick else {"random_schedule": 40, "worker_bursts": 120}.get(name, 10)
+        runs = 2 if quick else {"random_schedule": 40, "asyncio_tasks": 40,
+                                "worker_bursts": 120}.get(name, 10)
         err, ratio, runs = accuracy(name, runs)
         print(f"| {name} | {runs} | {err:.2f} | {ratio:.3f} |", flush=True)
