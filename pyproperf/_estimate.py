@@ -35,9 +35,10 @@ CPU.  The estimator works in *windows* of about ``WINDOW_NS`` per thread:
 * the SIGPROF handler's ticks of the main thread (``tick``) come every
   period of the thread's own CPU, where it runs: each is charged at once
   with the CPU since the last, as in Go, and takes the window with it;
-* a running sighting at a place (innermost code and instruction) where
-  the helper's probes found the thread blocked more often than running
-  had just woken there, and counts for nothing when its window closes
+* a running sighting that is not sure (the thread ran only part of the
+  helper's probe) at a place (innermost code and instruction) where the
+  probes found the thread blocked more often than running had just woken
+  there, and counts for nothing when its window closes
   (``_sampler._probe_verdict``);
 * a window closes early when the profiles being fed change (a profile
   starts or stops, a decorated call begins or ends, the thread exits),
@@ -80,7 +81,7 @@ Charge = tuple[Sighting, int, int]
 # Where a thread stands: its innermost code and instruction offset.
 Place = tuple[object, object]
 
-# How many places a thread was probed at are kept (then forgotten, all at once).
+# How many places a thread was probed at are kept (then the running-only ones go).
 PLACES_MAX = 1024
 
 # Threads pyproperf starts are named so; the sampler leaves them out.

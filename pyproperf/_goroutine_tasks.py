@@ -258,7 +258,9 @@ def _trio_runners(stacks: Iterable[FrameType]) -> list[Any]:
     runners: dict[int, Any] = {}
     for frame in stacks:
         f: FrameType | None = frame
-        while f is not None:
+        # isinstance: walking another thread's frames, ``f_back`` has been seen to give
+        # an object that is no frame (``_stacks.capture``).
+        while isinstance(f, FrameType):
             code = f.f_code
             if code.co_name in _RUNNER_HOLDERS and code.co_filename == run_file:
                 runner = f.f_locals.get("runner")

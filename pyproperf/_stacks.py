@@ -139,27 +139,36 @@ def capture(
     if frames is not None:
         following = iter(frames)
         frame = next(following, None)
-    while skip_own and frame is not None and frame.f_code.co_filename.startswith(PACKAGE_DIR):
-        if registry and labels is None:  # a labels wrapper (do, labeled) is the leaf
-            labels = registry.get(frame)
-        frame = frame.f_back if following is None else next(following, None)
     out: list[object] = []
     append = out.append  # out.append: 5 % faster on 3.13, 5-10 % slower on 3.10
-    for _ in range(limit):  # cheaper than counting the depth by hand
-        if frame is None:
-            break
-        append(frame.f_code)
-        append(frame.f_lasti)
-        if registry and labels is None:
-            labels = registry.get(frame)
-        frame = frame.f_back if following is None else next(following, None)
-    else:
-        if frame is not None:  # cut: a None root, and labels from the frames left out
-            append(None)
-            append(0)
-            while registry and labels is None and frame is not None:
+    try:
+        while (skip_own and frame is not None
+               and frame.f_code.co_filename.startswith(PACKAGE_DIR)):
+            if registry and labels is None:  # a labels wrapper (do, labeled) is the leaf
                 labels = registry.get(frame)
-                frame = frame.f_back if following is None else next(following, None)
+            frame = frame.f_back if following is None else next(following, None)
+        for _ in range(limit):  # cheaper than counting the depth by hand
+            if frame is None:
+                break
+            append(frame.f_code)
+            append(frame.f_lasti)
+            if registry and labels is None:
+                labels = registry.get(frame)
+            frame = frame.f_back if following is None else next(following, None)
+        else:
+            if frame is not None:  # cut: a None root, and labels from the frames left out
+                append(None)
+                append(0)
+                while registry and labels is None and frame is not None:
+                    labels = registry.get(frame)
+                    frame = frame.f_back if following is None else next(following, None)
+    except AttributeError:
+        # Walking another thread's frames, ``f_back`` has been seen to give an object
+        # that is no frame (CPython 3.11, once in a CI run; other profilers report it
+        # too): keep the frames walked, as a stack cut short.
+        del out[len(out) - len(out) % 2:]
+        if len(out) < 2 or out[-2] is not None:
+            out += [None, 0]
     if labels is None and ident is not None:
         labels = _labels.unit_labels(ident)
     return tuple(out), labels

@@ -767,6 +767,19 @@ def test_empty_profile_is_valid(tmp_path: Path) -> None:
     assert "Type: cpu" in pprof("-top", path)
 
 
+def test_stack_walk_survives_a_link_that_is_no_frame() -> None:
+    """Walking another thread's stack, ``f_back`` once gave a ``str`` (CPython 3.11, a CI
+    run; other profilers report the same): the frames walked are kept as a stack cut
+    short, not an error that loses the look (or fails an HTTP goroutine dump)."""
+    from pyproperf._stacks import capture
+
+    here = sys._getframe()
+    key, _ = capture(None, None, frames=[here, "no frame", here])  # type: ignore[list-item]
+    assert len(key) == 4 and key[0] is here.f_code and key[2:] == (None, 0), key
+    key, _ = capture(None, None, frames=["no frame"])  # type: ignore[list-item]
+    assert key == (None, 0)
+
+
 def test_deep_recursion_is_truncated_visibly(tmp_path: Path) -> None:
     def down(n: int) -> None:
         if n:
