@@ -81,7 +81,7 @@ Charge = tuple[Sighting, int, int]
 # Where a thread stands: its innermost code and instruction offset.
 Place = tuple[object, object]
 
-# How many places a thread was probed at are kept (then the running-only ones go).
+# How many places a thread was probed at are kept (then only those it blocks at).
 PLACES_MAX = 1024
 
 # Threads pyproperf starts are named so; the sampler leaves them out.
@@ -107,7 +107,7 @@ _WAIT_DIRS = tuple(_STDLIB + d + os.sep for d in ("asyncio", "concurrent", "mult
 def place(sighting: Sighting) -> Place | None:
     """Where the sighting's thread stands: its innermost code and instruction offset."""
     key = sighting[0]
-    return (key[0], key[1]) if len(key) >= 2 else None
+    return (key[0], key[1]) if len(key) >= 2 and key[0] is not None else None
 
 
 def blocks_at(st: ThreadState, where: Place | None, blocked: bool) -> int:
@@ -121,9 +121,11 @@ def blocks_at(st: ThreadState, where: Place | None, blocked: bool) -> int:
     places = st.places
     score = places.get(where, 0)
     if len(places) >= PLACES_MAX and where not in places:
-        # Keep the places it blocks at; forget the rest (all, if they are all such).
-        for other in [p for p, n in places.items() if n <= 0] or list(places):
-            del places[other]
+        # Keep the places it blocks at if they are at most half; else forget them all.
+        blocking = {p: n for p, n in places.items() if n > 0}
+        places.clear()
+        if 2 * len(blocking) <= PLACES_MAX:
+            places.update(blocking)
     places[where] = score + (1 if blocked else -1)
     return score
 
@@ -168,8 +170,8 @@ class ThreadState:
         self.wall = wall  # monotonic time accounted up to (wall clock profiles)
         self.pending = 0  # CPU ns in the open window, not yet charged
         self.pending_since = 0  # when the open window began
-        # Running sightings in the open window: [looks, weight, weight of the sure
-        # ones] per stack.
+        # Running sightings in the open window, per stack: [looks, weight, and the
+        # same of the sure ones].
         self.seen: dict[Sighting, list[int]] = {}
         self.last_running: Sighting | None = None
         self.running_at = 0  # monotonic time of that sighting
@@ -203,11 +205,13 @@ def observe(st: ThreadState, sighting: Sighting, running: bool, cpu: int, now: i
         weight = max(weight, 1)
         slot = st.seen.get(sighting)
         if slot is None:
-            st.seen[sighting] = [1, weight, weight if sure else 0]
+            st.seen[sighting] = [1, weight, weight if sure else 0, 1 if sure else 0]
         else:
             slot[0] += 1
             slot[1] += weight
-            slot[2] += weight if sure else 0
+            if sure:
+                slot[2] += weight
+                slot[3] += 1
     else:
         st.waiting_at = sighting
     return expire(st, now)
@@ -261,9 +265,9 @@ def settle(
         # A sighting at a place where probes have since found the thread blocked more
         # often than running: it had just woken there (``_sampler._probe_verdict``).
         for s in [s for s in seen if _blocks_there(st, s)]:
-            count, _, sure = seen[s]
+            _, _, sure, sure_looks = seen[s]
             if sure:
-                seen[s] = [count, sure, sure]
+                seen[s] = [sure_looks, sure, sure, sure_looks]
             else:
                 del seen[s]
                 st.waiting_at = st.waiting_at or s
@@ -292,7 +296,7 @@ def _blocks_there(st: ThreadState, sighting: Sighting) -> bool:
 def _split(total: int, seen: dict[Sighting, list[int]]) -> list[Charge]:
     """``total`` ns among sightings in proportion to their weights (exactly, in integers)."""
     weights = sum(slot[1] for slot in seen.values())
-    charges = [(sighting, n, total * w // weights) for sighting, (n, w, _) in seen.items()]
+    charges = [(sighting, n, total * w // weights) for sighting, (n, w, *_) in seen.items()]
     rest = total - sum(ns for _, _, ns in charges)
     if rest:
         sighting, n, ns = charges[0]

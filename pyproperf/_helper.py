@@ -54,6 +54,7 @@ import sys
 import threading
 import time
 from collections.abc import Collection
+from types import FrameType
 from typing import Any, Protocol
 
 from pyproperf import _hooks
@@ -385,9 +386,11 @@ class HelperClock:
 def _moved(frame: Any, sighting: Any) -> bool:
     """Whether a thread now at ``frame`` has left the innermost place of ``sighting``
     (pyproperf's own frames at the leaf skipped, as ``_stacks.capture`` does)."""
-    while frame is not None and frame.f_code.co_filename.startswith(PACKAGE_DIR):
+    # isinstance: ``f_back`` of another thread's frame has been seen to give an object
+    # that is no frame (``_stacks.capture``).
+    while isinstance(frame, FrameType) and frame.f_code.co_filename.startswith(PACKAGE_DIR):
         frame = frame.f_back
-    if frame is None:
+    if not isinstance(frame, FrameType):
         return False
     key = sighting[0]
     return not (len(key) >= 2 and frame.f_code is key[0] and frame.f_lasti == key[1])

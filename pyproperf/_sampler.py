@@ -717,8 +717,9 @@ def _probe_verdict(st: ThreadState, taken: Sighting, run: bool, through: bool, b
     and whether that is sure.
 
     ``run``: what its CPU in the probe says (``running_threads``); ``through``:
-    it ran through the probe (C code without the GIL, or the GIL's only
-    taker): sure.  A thread that ran only most of it may have woken from a
+    it ran 80 % of the probe or more (C code without the GIL, or the GIL's
+    only taker, which may be a thread that woke at the probe's very start
+    and worked on): sure.  A thread that ran only most of it may have woken from a
     blocking call just as the probe began (a request handled in 0.1 ms after
     a ``recv``): it was waiting, at the call.  ``stopped``: it ran part of
     the probe and took none of a second one (``_helper._runs_that_ended``),

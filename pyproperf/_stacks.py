@@ -123,7 +123,8 @@ def capture(
     """Return the stack key of ``frame`` and its callers, and the labels active there.
 
     The one stack walker (the CPU sampler's hot path).  A stack cut at
-    ``limit`` frames ends with ``None`` in place of the root code.
+    ``limit`` frames, or at a link that is no frame (below), ends with
+    ``None`` in place of the root code.
     ``frames``: the stack given as frames, leaf first, instead of ``frame``
     and its ``f_back`` chain (an await chain has no such chain).
     ``skip_own``: profiler frames at the leaf are skipped.

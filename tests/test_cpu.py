@@ -323,7 +323,7 @@ def test_probes_learn_where_a_thread_blocks() -> None:
     observe(fresh, read, True, 3_000_000, 3_000, 10_000_000, sure=True)
     observe(fresh, work, True, 3_000_000, 4_000, 10_000_000, sure=False)
     observe(fresh, read, True, 0, 5_000, 10_000_000, sure=False)
-    assert settle(fresh, 6_000) == [(read, 2, 3_000_000), (work, 1, 3_000_000)]
+    assert settle(fresh, 6_000) == [(read, 1, 3_000_000), (work, 1, 3_000_000)]
 
 
 def _parked_sighting(t: threading.Thread, capture: Callable[..., object]) -> object:
@@ -778,6 +778,27 @@ def test_stack_walk_survives_a_link_that_is_no_frame() -> None:
     assert len(key) == 4 and key[0] is here.f_code and key[2:] == (None, 0), key
     key, _ = capture(None, None, frames=["no frame"])  # type: ignore[list-item]
     assert key == (None, 0)
+    from pyproperf._estimate import place
+    from pyproperf._helper import _moved
+
+    assert place((key, None)) is None  # a cut stack is nowhere: no place to learn
+    assert not _moved("no frame", ((here.f_code, 0), None))
+
+
+def test_places_kept_per_thread_are_bounded() -> None:
+    """A thread's table of places is bounded: when full, the places it blocks at stay
+    (if they are at most half of it), the rest go at once, not one at a time."""
+    from pyproperf._estimate import PLACES_MAX, ThreadState, blocks_at
+
+    st = ThreadState(None, 0, 0, None)
+    for i in range(PLACES_MAX):
+        blocks_at(st, (wl.spin.__code__, i), blocked=i < 10)
+    assert len(st.places) == PLACES_MAX
+    blocks_at(st, (wl.spin.__code__, -1), blocked=False)
+    assert len(st.places) == 11 and st.places[(wl.spin.__code__, 3)] == 1
+    for i in range(PLACES_MAX):
+        blocks_at(st, (wl.spin.__code__, 10_000 + i), blocked=True)
+    assert len(st.places) <= PLACES_MAX
 
 
 def test_deep_recursion_is_truncated_visibly(tmp_path: Path) -> None:
