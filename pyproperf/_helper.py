@@ -54,13 +54,12 @@ import sys
 import threading
 import time
 from collections.abc import Collection
-from types import FrameType
 from typing import Any, Protocol
 
 from pyproperf import _hooks
 from pyproperf._estimate import in_wait_code
 from pyproperf._sigprof import precise_wakeups
-from pyproperf._stacks import PACKAGE_DIR
+from pyproperf._stacks import capture
 
 
 class Engine(Protocol):
@@ -385,12 +384,6 @@ class HelperClock:
 
 def _moved(frame: Any, sighting: Any) -> bool:
     """Whether a thread now at ``frame`` has left the innermost place of ``sighting``
-    (pyproperf's own frames at the leaf skipped, as ``_stacks.capture`` does)."""
-    # isinstance: ``f_back`` of another thread's frame has been seen to give an object
-    # that is no frame (``_stacks.capture``).
-    while isinstance(frame, FrameType) and frame.f_code.co_filename.startswith(PACKAGE_DIR):
-        frame = frame.f_back
-    if not isinstance(frame, FrameType):
-        return False
-    key = sighting[0]
-    return not (len(key) >= 2 and frame.f_code is key[0] and frame.f_lasti == key[1])
+    (its leaf as ``_stacks.capture`` takes it; a walk cut at once is nowhere)."""
+    now, _ = capture(frame, None, limit=1)
+    return bool(now) and now[0] is not None and now[:2] != sighting[0][:2]
